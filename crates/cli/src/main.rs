@@ -1,1 +1,172 @@
-fn main() {}
+//! `ferry`: the command-line front over Ferry's libraries.
+//!
+//! Subcommands: `worker` (the PyWorker replacement) and `sim-model` (the simulated model server).
+//! Exit codes: 0 ok, 1 runtime failure, 64 bad configuration or arguments.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use tokio::net::TcpListener;
+
+/// Ferry: a fast, sturdy serverless inference stack compatible with Vast.ai Serverless.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about, propagate_version = true)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, env = "FERRY_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the worker in front of a model server (drop-in for Vast's PyWorker).
+    Worker(Box<ferry_worker::WorkerArgs>),
+    /// Run the simulated model server (OpenAI, TGI, llama.cpp, ComfyUI dialects).
+    SimModel(SimModelArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct SimModelArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    listen: String,
+    #[command(flatten)]
+    config: ferry_sim::SimConfig,
+}
+
+fn main() -> ExitCode {
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            let code = e.exit_code();
+            let _ = e.print();
+            // clap uses 2 for usage errors; Ferry's convention for bad arguments is 64.
+            return ExitCode::from(if code == 2 { 64 } else { code as u8 });
+        }
+    };
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: {}", e.to_string().trim());
+            return ExitCode::from(64);
+        }
+    };
+    init_tracing(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Worker(_) => run_worker(matches.subcommand_matches("worker")).await,
+            Command::SimModel(args) => run_sim(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(msg)) => {
+            eprintln!("ferry: {msg}");
+            ExitCode::from(ferry_worker::EXIT_CONFIG as u8)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+enum Failure {
+    Config(String),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run_worker(matches: Option<&ArgMatches>) -> Result<(), Failure> {
+    let matches =
+        matches.ok_or_else(|| Failure::Runtime(anyhow::anyhow!("worker arguments missing")))?;
+    let (args, presets) = ferry_worker::WorkerArgs::from_matches(matches)
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let settings = args
+        .validate(&presets)
+        .map_err(|e| Failure::Config(e.to_string()))?;
+    let listeners = ferry_worker::Listeners::bind(&settings)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let worker = ferry_worker::Worker::new(settings).context("starting the worker")?;
+    worker
+        .run_with(listeners, shutdown_signal())
+        .await
+        .context("serving")?;
+    Ok(())
+}
+
+async fn run_sim(args: SimModelArgs) -> Result<(), Failure> {
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .map_err(|e| Failure::Config(format!("--listen {}: {e}", args.listen)))?;
+    tracing::info!(listen = %args.listen, "ferry sim-model serving");
+    let state = ferry_sim::SimState::new(args.config);
+    ferry_sim::run(listener, state, shutdown_signal())
+        .await
+        .context("sim-model")?;
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,1 @@
+//! Ferry client SDK (in progress).

@@ -1,0 +1,1 @@
+//! Ferry control plane (in progress).

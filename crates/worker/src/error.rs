@@ -1,0 +1,99 @@
+//! The worker's errors, each with a fixed code and one HTTP mapping.
+//!
+//! Where Vast's protocol fixes a status it is kept: 422 bad body, 401 bad signature, 429 queue
+//! full, 410 unknown session. Upstream failures are 502 (connect/transport) and 504 (timeouts).
+//! Every error body is JSON: `{"error": "<message>", "code": "<code>"}`.
+
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http::{HeaderValue, StatusCode};
+
+use crate::auth::AuthError;
+
+/// Errors a request can end with before its response headers are sent.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// 422 with Vast's exact body.
+    #[error("invalid request body")]
+    BadRequest(serde_json::Value),
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("estimated wait {wait:.1}s exceeds max_queue_time {limit:.1}s")]
+    QueueFull { wait: f64, limit: f64 },
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("invalid session")]
+    InvalidSession,
+    #[error("no route {0}")]
+    NoRoute(String),
+    #[error("the worker is shutting down")]
+    ShuttingDown,
+    #[error("cannot connect to the model server: {0}")]
+    UpstreamConnect(String),
+    #[error("model server connection failed: {0}")]
+    UpstreamTransport(String),
+    #[error("model server timeout: {0}")]
+    UpstreamTimeout(&'static str),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl WorkerError {
+    /// Short fixed code for bodies, logs and metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            WorkerError::BadRequest(_) => "bad_request",
+            WorkerError::Unauthorized(a) => a.code(),
+            WorkerError::QueueFull { .. } => "queue_full",
+            WorkerError::TooLarge(_) => "body_too_large",
+            WorkerError::InvalidSession => "invalid_session",
+            WorkerError::NoRoute(_) => "no_route",
+            WorkerError::ShuttingDown => "shutting_down",
+            WorkerError::UpstreamConnect(_) => "upstream_connect",
+            WorkerError::UpstreamTransport(_) => "upstream_transport",
+            WorkerError::UpstreamTimeout(_) => "upstream_timeout",
+            WorkerError::Internal(_) => "internal",
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            WorkerError::BadRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            WorkerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            WorkerError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            WorkerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WorkerError::InvalidSession => StatusCode::GONE,
+            WorkerError::NoRoute(_) => StatusCode::NOT_FOUND,
+            WorkerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            WorkerError::UpstreamConnect(_) | WorkerError::UpstreamTransport(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            WorkerError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for WorkerError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut res = match &self {
+            // Vast's clients read these exact bodies.
+            WorkerError::BadRequest(body) => Json(body.clone()).into_response(),
+            WorkerError::InvalidSession => {
+                Json(serde_json::json!({"error": "invalid session"})).into_response()
+            }
+            other => Json(serde_json::json!({"error": other.to_string(), "code": other.code()}))
+                .into_response(),
+        };
+        *res.status_mut() = status;
+        if let WorkerError::QueueFull { wait, limit } = &self {
+            let secs = (wait - limit).ceil().clamp(1.0, 3600.0) as u64;
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                res.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+        }
+        res
+    }
+}

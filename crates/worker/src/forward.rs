@@ -1,0 +1,333 @@
+//! Forwarding to the model server: a pooled keep-alive HTTP/1.1 client with explicit connect,
+//! first-byte and idle timeouts, and a body relay that passes chunks through as they arrive.
+//!
+//! The relay ([`RelayBody`]) owns the request's [`RequestGuard`] and FIFO permit, so the outcome
+//! is recorded when the body ends, fails, or is dropped because the client went away; dropping it
+//! also drops the upstream body, which closes that connection and stops the model server's work.
+
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::error::WorkerError;
+use crate::load::{Outcome, RequestGuard};
+
+/// The model server client.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    base: String,
+    first_byte_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Upstream {
+    /// A pooled client for `base` (`http://host:port`).
+    pub fn new(base: &str, connect: Duration, first_byte: Duration, idle: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Self {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            first_byte_timeout: first_byte,
+            idle_timeout: idle,
+        }
+    }
+
+    /// The model server's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Absolute URL for a model path or an absolute URL given as is.
+    pub fn url_for(&self, path: &str) -> String {
+        if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_string()
+        } else if path.starts_with('/') {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}/{path}", self.base)
+        }
+    }
+
+    /// POSTs a JSON body and waits for the response headers (first-byte timeout).
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, WorkerError> {
+        let req = Request::post(self.url_for(path))
+            .header(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .body(Full::new(body))
+            .map_err(|e| WorkerError::Internal(format!("building upstream request: {e}")))?;
+        self.send(req).await
+    }
+
+    /// GETs a path (health checks), waiting for the headers.
+    pub async fn get(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, WorkerError> {
+        let req = Request::get(self.url_for(path))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| WorkerError::Internal(format!("building upstream request: {e}")))?;
+        match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => Err(WorkerError::UpstreamTimeout("no response headers in time")),
+            Ok(r) => r.map_err(classify),
+        }
+    }
+
+    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, WorkerError> {
+        match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
+            Err(_) => Err(WorkerError::UpstreamTimeout(
+                "the model server sent no response headers within the first-byte timeout",
+            )),
+            Ok(r) => r.map_err(classify),
+        }
+    }
+
+    /// Idle timeout between body chunks.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> WorkerError {
+    use std::error::Error as _;
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    if e.is_connect() {
+        WorkerError::UpstreamConnect(msg)
+    } else {
+        WorkerError::UpstreamTransport(msg)
+    }
+}
+
+/// Response headers worth passing to the client: everything end-to-end. Hop-by-hop headers stay
+/// behind (PyWorker copies `Connection: close` through, which makes every client reconnect).
+pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "te"
+                | "trailer"
+                | "upgrade"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+        );
+        if !hop {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Whether a response is an SSE stream (errors after the headers become a final SSE event).
+pub fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+/// Hook called with each data chunk the relay passes on, and once at the end.
+pub trait RelayObserver: Send + 'static {
+    /// A chunk went to the client.
+    fn on_chunk(&mut self, _chunk: &Bytes) {}
+    /// The body ended with this outcome.
+    fn on_end(&mut self, _outcome: Outcome) {}
+}
+
+impl RelayObserver for () {}
+
+/// The relayed model response body.
+pub struct RelayBody {
+    inner: Incoming,
+    guard: Option<RequestGuard>,
+    _permit: Option<OwnedSemaphorePermit>,
+    status: StatusCode,
+    sse: bool,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+    pending_error: Option<Bytes>,
+    finished: bool,
+    observer: Box<dyn RelayObserver>,
+    /// Fires when the request's session ends: the relay stops and the client's body is cut.
+    cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl RelayBody {
+    /// Wraps an upstream body.
+    pub fn new(
+        inner: Incoming,
+        guard: RequestGuard,
+        permit: Option<OwnedSemaphorePermit>,
+        status: StatusCode,
+        sse: bool,
+        idle: Duration,
+        observer: Box<dyn RelayObserver>,
+    ) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+            _permit: permit,
+            status,
+            sse,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+            pending_error: None,
+            finished: false,
+            observer,
+            cancel: None,
+        }
+    }
+
+    /// Stops the relay when `token` fires (the request's session ended).
+    pub fn cancel_on(mut self, token: Option<CancellationToken>) -> Self {
+        self.cancel = token.map(|t| Box::pin(t.cancelled_owned()));
+        self
+    }
+
+    /// A body that ended normally: success, unless the model answered 5xx.
+    fn completed_outcome(&self) -> Outcome {
+        if self.status.is_server_error() {
+            Outcome::Error
+        } else {
+            Outcome::Success
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome) {
+        if let Some(mut g) = self.guard.take() {
+            g.finish(outcome);
+        }
+        self.observer.on_end(outcome);
+        self.finished = true;
+    }
+
+    /// After the headers are out, an upstream failure cannot change the status: SSE clients get a
+    /// final `event: error`, other clients see the body cut off (an error, not a short success).
+    fn fail(&mut self, err: WorkerError) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        tracing::warn!(code = err.code(), error = %err, "model response failed mid-body");
+        self.end(Outcome::Error);
+        if self.sse {
+            let event =
+                serde_json::json!({"error": {"code": err.code(), "message": err.to_string()}});
+            let frame = Bytes::from(format!("event: error\ndata: {event}\n\n"));
+            Poll::Ready(Some(Ok(Frame::data(frame))))
+        } else {
+            Poll::Ready(Some(Err(RelayError(err.to_string()))))
+        }
+    }
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        // The client went away before the end (or the server dropped the response).
+        if !self.finished {
+            self.end(Outcome::Cancelled);
+        }
+    }
+}
+
+/// Error surfaced to hyper when a non-SSE relay breaks (it resets the client connection).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RelayError(String);
+
+impl Body for RelayBody {
+    type Data = Bytes;
+    type Error = RelayError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(b) = this.pending_error.take() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if let Some(c) = this.cancel.as_mut() {
+            if c.as_mut().poll(cx).is_ready() {
+                this.end(Outcome::Cancelled);
+                return Poll::Ready(Some(Err(RelayError("session closed".into()))));
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.observer.on_chunk(data);
+                }
+                let deadline = Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                // With a known length hyper stops polling after the last byte and drops the
+                // body, so record the outcome as soon as the upstream body says it is done.
+                if this.inner.is_end_stream() {
+                    let outcome = this.completed_outcome();
+                    this.end(outcome);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => this.fail(WorkerError::UpstreamTransport(format!(
+                "reading the model response: {e}"
+            ))),
+            Poll::Ready(None) => {
+                let outcome = this.completed_outcome();
+                this.end(outcome);
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => this.fail(WorkerError::UpstreamTimeout(
+                    "the model server went silent for longer than the idle timeout",
+                )),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.finished && self.pending_error.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.finished {
+            SizeHint::with_exact(0)
+        } else {
+            self.inner.size_hint()
+        }
+    }
+}

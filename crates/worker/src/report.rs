@@ -1,0 +1,231 @@
+//! Reports to the control plane, as PyWorker sends them.
+//!
+//! Two loops, each owned by the worker's task tracker:
+//! - status: every tick (1 s) send `/worker_status/` when something changed, or every heartbeat
+//!   (10 s). Ferry also wakes it for the ready and error edges, so readiness is reported within a
+//!   tick instead of up to 10 s later.
+//! - finished requests: every tick, post the unsent records to `/delete_requests/` in batches.
+//!
+//! Each post tries the REPORT_ADDR list in order, a few attempts per address with a pause
+//! between, and stops at the first address that accepts (2xx). Nothing is lost while the control
+//! plane is down: status counters accumulate until a report is accepted, and finished records wait
+//! in a bounded buffer (oldest dropped past the bound, with a warning).
+
+use std::time::{Duration, Instant};
+
+use ferry_protocol::{DeleteRequests, WorkerStatus};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::load::{StatusSnapshot, Tracker};
+
+/// Attempts per address for one report (PyWorker: 3).
+const ATTEMPTS_PER_ADDR: u32 = 3;
+/// Largest batch of finished records in one `/delete_requests/` post.
+const MAX_BATCH: usize = 5_000;
+/// Vast's own Redis report address, which PyWorker skips for `/delete_requests/`.
+const SKIP_FOR_DELETE: &str = "https://cloud.vast.ai/api/v0";
+
+/// The reporter: settings it needs, the tracker it reads, and an HTTP client.
+#[derive(Clone)]
+pub struct Reporter {
+    http: reqwest::Client,
+    addrs: Vec<String>,
+    container_id: i64,
+    mtoken: String,
+    version: String,
+    url: String,
+    tick: Duration,
+    heartbeat: Duration,
+    retry: Duration,
+    tracker: Tracker,
+    disk: DiskUsage,
+}
+
+impl Reporter {
+    /// Builds a reporter from settings.
+    pub fn new(http: reqwest::Client, settings: &Settings, tracker: Tracker) -> Self {
+        Self {
+            http,
+            addrs: settings.report_addrs.clone(),
+            container_id: settings.container_id,
+            mtoken: settings.master_token.expose().to_string(),
+            version: settings.report_version.clone(),
+            url: settings.public_url.clone(),
+            tick: settings.report_tick,
+            heartbeat: settings.heartbeat,
+            retry: settings.report_retry,
+            tracker,
+            disk: DiskUsage::new(),
+        }
+    }
+
+    /// The status loop; returns when `cancel` fires.
+    pub async fn status_loop(mut self, cancel: CancellationToken) {
+        let mut last_sent: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.tick) => {}
+            }
+            let snap = self.tracker.status_snapshot();
+            let due = last_sent.is_none_or(|t| t.elapsed() >= self.heartbeat);
+            if (snap.update_pending || due) && self.send_status(&snap, &cancel).await {
+                last_sent = Some(Instant::now());
+            }
+        }
+    }
+
+    /// The finished-requests loop; returns when `cancel` fires.
+    pub async fn finished_loop(self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.tick) => {}
+            }
+            // Drain everything available this tick, batch by batch.
+            while self.send_finished_batch(&cancel).await {}
+        }
+    }
+
+    /// Last reports before exit: one status and every finished record, bounded by `deadline`.
+    pub async fn flush(mut self, deadline: Duration) {
+        let never = CancellationToken::new();
+        let work = async {
+            while self.send_finished_batch(&never).await {}
+            let snap = self.tracker.status_snapshot();
+            self.send_status(&snap, &never).await;
+        };
+        if tokio::time::timeout(deadline, work).await.is_err() {
+            tracing::warn!(
+                unsent = self.tracker.finished_pending(),
+                "final report flush timed out"
+            );
+        }
+    }
+
+    fn status_body(&mut self, snap: &StatusSnapshot) -> WorkerStatus {
+        let (disk_usage, additional) = self.disk.read();
+        WorkerStatus {
+            id: self.container_id,
+            mtoken: self.mtoken.clone(),
+            version: self.version.clone(),
+            loadtime: snap.model.loadtime.unwrap_or(0.0),
+            cur_load: snap.cur_load,
+            rej_load: snap.counters.rejected,
+            new_load: (snap.counters.received - snap.counters.cancelled).max(0.0),
+            error_msg: snap.model.error_msg.clone().unwrap_or_default(),
+            max_perf: snap.model.max_perf,
+            cur_perf: snap.counters.served,
+            cur_capacity: 0.0,
+            max_capacity: 0.0,
+            num_requests_working: snap.num_working as u64,
+            num_requests_recieved: snap.num_received,
+            additional_disk_usage: additional,
+            disk_usage,
+            working_request_idxs: snap.working_request_idxs.clone(),
+            url: self.url.clone(),
+        }
+    }
+
+    async fn send_status(&mut self, snap: &StatusSnapshot, cancel: &CancellationToken) -> bool {
+        let body = self.status_body(snap);
+        let ok = self
+            .post_failover("worker_status/", &body, false, cancel)
+            .await;
+        if ok {
+            self.tracker.status_sent(snap);
+            self.disk.commit();
+        }
+        ok
+    }
+
+    /// Sends one batch; true if one was sent and more may be waiting.
+    async fn send_finished_batch(&self, cancel: &CancellationToken) -> bool {
+        let Some((last, requests)) = self.tracker.finished_batch(MAX_BATCH) else {
+            return false;
+        };
+        let full = requests.len() == MAX_BATCH;
+        let body = DeleteRequests {
+            worker_id: self.container_id,
+            mtoken: self.mtoken.clone(),
+            requests,
+        };
+        if self
+            .post_failover("delete_requests/", &body, true, cancel)
+            .await
+        {
+            self.tracker.finished_sent(last);
+            full
+        } else {
+            false
+        }
+    }
+
+    async fn post_failover<T: Serialize>(
+        &self,
+        path: &str,
+        body: &T,
+        skip_redis: bool,
+        cancel: &CancellationToken,
+    ) -> bool {
+        for addr in &self.addrs {
+            if skip_redis && addr.trim_end_matches('/') == SKIP_FOR_DELETE {
+                continue;
+            }
+            let url = format!("{}/{path}", addr.trim_end_matches('/'));
+            for attempt in 1..=ATTEMPTS_PER_ADDR {
+                match self.http.post(&url).json(body).send().await {
+                    Ok(res) if res.status().is_success() => return true,
+                    Ok(res) => {
+                        tracing::debug!(url = %url, attempt, status = %res.status(), "report refused")
+                    }
+                    Err(e) => tracing::debug!(url = %url, attempt, error = %e, "report failed"),
+                }
+                if attempt < ATTEMPTS_PER_ADDR {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return false,
+                        _ = tokio::time::sleep(self.retry) => {}
+                    }
+                }
+            }
+            tracing::warn!(url = %url, "report not accepted after {ATTEMPTS_PER_ADDR} attempts");
+        }
+        false
+    }
+}
+
+/// Disk usage of `/` in GiB, and its growth since the last accepted report (psutil's `used`).
+#[derive(Debug, Clone)]
+struct DiskUsage {
+    last_committed: f64,
+    current: f64,
+}
+
+impl DiskUsage {
+    fn new() -> Self {
+        let now = used_gib().unwrap_or(0.0);
+        Self {
+            last_committed: now,
+            current: now,
+        }
+    }
+
+    fn read(&mut self) -> (f64, f64) {
+        if let Some(now) = used_gib() {
+            self.current = now;
+        }
+        (self.current, self.current - self.last_committed)
+    }
+
+    fn commit(&mut self) {
+        self.last_committed = self.current;
+    }
+}
+
+fn used_gib() -> Option<f64> {
+    let s = rustix::fs::statvfs("/").ok()?;
+    let used = s.f_blocks.saturating_sub(s.f_bfree) as f64 * s.f_frsize as f64;
+    Some(used / (1u64 << 30) as f64)
+}

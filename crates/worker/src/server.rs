@@ -1,0 +1,463 @@
+//! The worker's HTTP surface and request path.
+//!
+//! One request: read the body (bounded) → parse `{auth_data, payload, session_id}` (422) →
+//! count the workload → verify the signature (401, counted as rejected) → admission: the
+//! queue-time estimate (429, rejected) and, for FIFO routes, a place in the one-at-a-time line →
+//! POST the payload to the model server over a pooled connection → relay status, headers and
+//! body chunk by chunk. The [`RequestGuard`](crate::load::RequestGuard) rides on the relayed body,
+//! so success, failure and client disconnect (499, cancelled) are all recorded where they happen.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use ferry_protocol::parse_worker_request_raw;
+use http::{Method, StatusCode, Uri};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+
+use crate::auth::KeyStore;
+use crate::backends::Workload;
+use crate::config::Settings;
+use crate::error::WorkerError;
+use crate::forward::{copy_response_headers, is_sse, RelayBody, Upstream};
+use crate::hooks::Hooks;
+use crate::load::{epoch_now, Kind, Outcome, Tracker};
+use crate::sessions::{self, SessionStore};
+use crate::telemetry::{self, RequestObserver};
+
+/// Shared state of one worker.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    settings: Settings,
+    tracker: Tracker,
+    keys: Arc<KeyStore>,
+    upstream: Upstream,
+    /// One permit: FIFO routes run one at a time, in arrival order (tokio's semaphore is fair).
+    fifo: Arc<Semaphore>,
+    draining: AtomicBool,
+    sessions: SessionStore,
+    hooks: Option<Arc<dyn Hooks>>,
+}
+
+impl AppState {
+    /// State for a worker with these settings.
+    pub fn new(settings: Settings, tracker: Tracker, keys: Arc<KeyStore>) -> Self {
+        let settings_max_sessions = settings.max_sessions;
+        let upstream = Upstream::new(
+            &settings.model_server_url,
+            settings.connect_timeout,
+            settings.first_byte_timeout,
+            settings.idle_timeout,
+        );
+        Self {
+            inner: Arc::new(Shared {
+                settings,
+                tracker,
+                keys,
+                upstream,
+                fifo: Arc::new(Semaphore::new(1)),
+                draining: AtomicBool::new(false),
+                sessions: SessionStore::new(settings_max_sessions),
+                hooks: None,
+            }),
+        }
+    }
+
+    /// Settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The load tracker.
+    pub fn tracker(&self) -> &Tracker {
+        &self.inner.tracker
+    }
+
+    /// The key store.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.inner.keys
+    }
+
+    /// The model server client.
+    pub fn upstream(&self) -> &Upstream {
+        &self.inner.upstream
+    }
+
+    /// Replaces the request hooks (before the worker serves).
+    pub fn with_hooks(self, hooks: Arc<dyn Hooks>) -> Self {
+        let shared = match Arc::try_unwrap(self.inner) {
+            Ok(mut shared) => {
+                shared.hooks = Some(hooks);
+                shared
+            }
+            // Already shared: keep the state as it is (hooks must be set before serving).
+            Err(inner) => return Self { inner },
+        };
+        Self {
+            inner: Arc::new(shared),
+        }
+    }
+
+    /// Open sessions.
+    pub fn sessions(&self) -> &SessionStore {
+        &self.inner.sessions
+    }
+
+    /// Stop taking new requests (503) while in-flight ones finish.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the worker is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// The worker's router: the preset's routes, sessions, and the update hook.
+pub fn build_app(state: AppState) -> Router {
+    let limit = state.settings().max_body_bytes;
+    Router::new()
+        .route("/session/create", post(sessions::create))
+        .route("/session/get", post(sessions::get))
+        .route("/session/health", post(sessions::health))
+        .route("/session/end", post(sessions::end))
+        .route("/pyworker/update", post(update))
+        .route("/", post(handle_request))
+        .route("/{*path}", post(handle_request))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// The plain-HTTP side listener's router (PyWorker's "internal webhooks"): only `/session/end`.
+pub fn build_side_app(state: AppState) -> Router {
+    Router::new()
+        .route("/session/end", post(sessions::end))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The admin listener: `/health` (process up), `/ready` (model ready, not draining), `/metrics`.
+pub fn build_admin_app(state: AppState) -> Router {
+    use axum::routing::get;
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { ok_json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    let model = state.tracker().model();
+    let ready = model.is_ready() && !state.is_draining();
+    let body = serde_json::json!({
+        "ready": ready,
+        "draining": state.is_draining(),
+        "max_perf": model.max_perf,
+        "loadtime": model.loadtime,
+        "error_msg": model.error_msg,
+        "public_key_loaded": state.keys().has_key(),
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let model = state.tracker().model();
+    telemetry::model_state(model.is_ready(), model.max_perf);
+    match telemetry::handle() {
+        Some(h) => (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => WorkerError::Internal("metrics recorder unavailable".into()).into_response(),
+    }
+}
+
+/// `POST /pyworker/update`: with the master token (Bearer or raw), create the update marker file
+/// that the instance's supervisor acts on.
+async fn update(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    let settings = state.settings();
+    let given = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    let expected = settings.master_token.expose();
+    let authorized = !expected.is_empty()
+        && given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
+    if !authorized {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(serde_json::json!({"error": "unauthorized"})),
+        )
+            .into_response();
+    }
+    match std::fs::write(&settings.force_update_file, b"") {
+        Ok(()) => {
+            tracing::info!(file = %settings.force_update_file.display(), "update requested");
+            ok_json(serde_json::json!({"ok": true}))
+        }
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(serde_json::json!({"error": format!("failed to write file: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let err = if method == Method::POST {
+        WorkerError::NoRoute(uri.path().to_string())
+    } else {
+        WorkerError::NoRoute(format!("{method} {}", uri.path()))
+    };
+    err.into_response()
+}
+
+async fn handle_request(
+    State(state): State<AppState>,
+    uri: Uri,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    match serve(&state, uri.path(), body).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::debug!(code = e.code(), error = %e, path = uri.path(), "request refused");
+            telemetry::refused(route_label(&state, uri.path()), e.code());
+            e.into_response()
+        }
+    }
+}
+
+/// A bounded metric label: the declared route, or "other" for pass-through paths.
+fn route_label<'a>(state: &'a AppState, path: &'a str) -> &'a str {
+    state
+        .settings()
+        .preset
+        .routes
+        .iter()
+        .find(|r| r.path == path)
+        .map(|r| r.path.as_str())
+        .unwrap_or("other")
+}
+
+async fn serve(
+    state: &AppState,
+    path: &str,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, WorkerError> {
+    let settings = state.settings();
+    let route = settings
+        .preset
+        .route_for(path)
+        .ok_or_else(|| WorkerError::NoRoute(path.to_string()))?;
+    if state.is_draining() {
+        return Err(WorkerError::ShuttingDown);
+    }
+    let bytes = body.map_err(|rej| {
+        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            WorkerError::TooLarge(settings.max_body_bytes)
+        } else {
+            WorkerError::BadRequest(serde_json::json!({"error": rej.body_text()}))
+        }
+    })?;
+    let entered = epoch_now();
+    let req = parse_worker_request_raw(&bytes).map_err(|e| match e.status() {
+        410 => WorkerError::InvalidSession,
+        _ => WorkerError::BadRequest(e.body()),
+    })?;
+    // The payload is forwarded as the exact bytes the client sent (key order intact, no
+    // re-serialization) unless the preset unwraps it or hooks rewrite it. It is parsed only when
+    // something needs to look inside it.
+    let raw = req.payload.get();
+    let hooks = state.inner.hooks.as_ref();
+    let constant = match route.workload {
+        Workload::Constant(c) => Some(c),
+        _ => None,
+    };
+    let (workload, upstream_body) =
+        if constant.is_some() && hooks.is_none() && !settings.preset.unwrap_input {
+            (constant.unwrap_or_default(), subslice(&bytes, raw))
+        } else {
+            let parsed: Value = serde_json::from_str(raw)
+                .map_err(|e| WorkerError::Internal(format!("re-reading the payload: {e}")))?;
+            let (payload, unwrapped) = if settings.preset.unwrap_input {
+                unwrap_input(parsed)
+            } else {
+                (parsed, false)
+            };
+            let counted = route.workload.count(&payload);
+            match hooks {
+                None if !unwrapped => (counted, subslice(&bytes, raw)),
+                None => (counted, to_bytes(&payload)?),
+                Some(h) => {
+                    let workload = h.workload(path, &payload, counted);
+                    let payload = h.prepare(path, payload).map_err(|r| {
+                        WorkerError::BadRequest(serde_json::json!({"error": r.message}))
+                    })?;
+                    (workload, to_bytes(&payload)?)
+                }
+            }
+        };
+    let auth = &req.auth_data;
+    let tracker = state.tracker();
+    // Inside a session: unknown ids are 410 (before the signature check, as PyWorker does), and
+    // each request extends the session's life.
+    let session_cancel = match &req.session_id {
+        None => None,
+        Some(id) => Some(
+            state
+                .sessions()
+                .touch(id)
+                .ok_or(WorkerError::InvalidSession)?,
+        ),
+    };
+    let in_session = session_cancel.is_some();
+
+    if !settings.unsecured {
+        let now = entered as u64;
+        let checked = if settings.check_url && auth.url != settings.public_url {
+            Err(crate::auth::AuthError::WrongUrl(auth.url.clone()))
+        } else {
+            state
+                .keys()
+                .check(auth, settings.require_ferry_token, in_session, now)
+        };
+        if let Err(e) = checked {
+            tracker.reject(auth.request_idx, workload, in_session, entered);
+            tracing::info!(
+                request_idx = auth.request_idx,
+                code = e.code(),
+                "rejected: {e}"
+            );
+            return Err(WorkerError::Unauthorized(e));
+        }
+    }
+
+    let kind = if in_session {
+        Kind::InSession
+    } else {
+        Kind::Plain
+    };
+    let mut guard = tracker
+        .admit(auth.request_idx, workload, kind, route.max_queue_time)
+        .map_err(|wait| WorkerError::QueueFull {
+            wait,
+            limit: route.max_queue_time.unwrap_or(0.0),
+        })?;
+
+    // FIFO: wait for our turn. If the client leaves meanwhile this future is dropped, which
+    // drops the guard (cancelled) and our place in line.
+    let permit = if route.parallel {
+        None
+    } else {
+        telemetry::fifo_waiting(1.0);
+        let permit = state.inner.fifo.clone().acquire_owned().await;
+        telemetry::fifo_waiting(-1.0);
+        Some(permit.map_err(|_| WorkerError::ShuttingDown)?)
+    };
+    guard.started();
+    let started = std::time::Instant::now();
+
+    let model_path = if route.model_path.is_empty() {
+        path
+    } else {
+        route.model_path.as_str()
+    };
+    let upstream = state.upstream();
+    let call = upstream.post_json(model_path, upstream_body);
+    let result = match &session_cancel {
+        None => call.await,
+        Some(token) => tokio::select! {
+            r = call => r,
+            _ = token.cancelled() => {
+                // The session ended while we waited for the model: the request is cancelled.
+                guard.finish(Outcome::Cancelled);
+                return Err(WorkerError::InvalidSession);
+            }
+        },
+    };
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => {
+            guard.finish(Outcome::Error);
+            tracing::warn!(request_idx = auth.request_idx, code = e.code(), error = %e, "upstream call failed");
+            return Err(e);
+        }
+    };
+    let (parts, incoming) = res.into_parts();
+    let sse = is_sse(&parts.headers);
+    let observer = RequestObserver::start(route_label(state, path), workload, sse, started);
+    let relay = RelayBody::new(
+        incoming,
+        guard,
+        permit,
+        parts.status,
+        sse,
+        upstream.idle_timeout(),
+        Box::new(observer),
+    )
+    .cancel_on(session_cancel);
+    let mut response = Response::new(Body::new(relay));
+    *response.status_mut() = parts.status;
+    copy_response_headers(&parts.headers, response.headers_mut());
+    Ok(response)
+}
+
+/// Vast's OpenAI workers accept `{"input": {...}}` as well as the bare payload. Returns the
+/// payload to forward and whether it was unwrapped.
+fn unwrap_input(payload: Value) -> (Value, bool) {
+    match payload {
+        Value::Object(mut map) if map.get("input").is_some_and(Value::is_object) => {
+            (map.remove("input").unwrap_or(Value::Null), true)
+        }
+        other => (other, false),
+    }
+}
+
+fn to_bytes(v: &Value) -> Result<Bytes, WorkerError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|e| WorkerError::Internal(format!("serializing payload: {e}")))
+}
+
+/// The part of `body` that `part` (a slice borrowed from it) covers, without copying.
+fn subslice(body: &Bytes, part: &str) -> Bytes {
+    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    match start.checked_add(part.len()) {
+        Some(end) if end <= body.len() => body.slice(start..end),
+        _ => Bytes::copy_from_slice(part.as_bytes()),
+    }
+}
+
+/// JSON 200 helper for small control routes.
+pub fn ok_json(v: Value) -> Response {
+    (StatusCode::OK, Json(v)).into_response()
+}
