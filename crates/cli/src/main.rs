@@ -5,6 +5,9 @@
 
 use std::process::ExitCode;
 
+mod bench;
+mod call;
+
 use anyhow::Context as _;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
@@ -33,6 +36,12 @@ enum Command {
     Worker(Box<ferry_worker::WorkerArgs>),
     /// Run the simulated model server (OpenAI, TGI, llama.cpp, ComfyUI dialects).
     SimModel(SimModelArgs),
+    /// Run the self-hosted control plane (router, queue, autoscaler, endpoint API).
+    Control(Box<ferry_control::ControlArgs>),
+    /// Send one request to an endpoint and print the answer (streams as they arrive).
+    Call(Box<call::CallArgs>),
+    /// Load-test an endpoint or a single worker.
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -76,6 +85,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Worker(_) => run_worker(matches.subcommand_matches("worker")).await,
             Command::SimModel(args) => run_sim(args).await,
+            Command::Control(args) => ferry_control::run_cli(*args, shutdown_signal())
+                .await
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!(e))),
+            Command::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
+            Command::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
         }
     });
     match result {
