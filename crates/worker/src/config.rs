@@ -751,6 +751,28 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_custom_worker_example_is_valid() {
+        let doc = include_str!("../../../docs/custom-workers.md");
+        let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+        let end = start + doc[start..].find("```").unwrap();
+        let dir = std::env::temp_dir().join(format!("ferry-doc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("my-worker.toml");
+        std::fs::write(&path, &doc[start..end]).unwrap();
+        let (args, file) =
+            WorkerArgs::parse_from(["worker", "--config", path.to_str().unwrap()]).unwrap();
+        let s = args.validate(&file).unwrap();
+        assert_eq!(s.preset.name, "custom");
+        assert_eq!(s.preset.routes.len(), 2);
+        assert_eq!(s.max_sessions, 4);
+        assert_eq!(s.model_health_endpoint.as_deref(), Some("/health"));
+        assert_eq!(s.benchmark.concurrency, 1, "FIFO routes benchmark one at a time");
+        let speak = s.preset.route_for("/speak").unwrap();
+        assert_eq!(speak.model_path, "/v1/audio/speech");
+        assert!(!speak.parallel);
+    }
+
+    #[test]
     fn strtobool_matches_python() {
         for t in ["y", "YES", "t", "True", "on", "1"] {
             assert_eq!(strtobool(t), Some(true), "{t}");
