@@ -766,7 +766,10 @@ mod tests {
         assert_eq!(s.preset.routes.len(), 2);
         assert_eq!(s.max_sessions, 4);
         assert_eq!(s.model_health_endpoint.as_deref(), Some("/health"));
-        assert_eq!(s.benchmark.concurrency, 1, "FIFO routes benchmark one at a time");
+        assert_eq!(
+            s.benchmark.concurrency, 1,
+            "FIFO routes benchmark one at a time"
+        );
         let speak = s.preset.route_for("/speak").unwrap();
         assert_eq!(speak.model_path, "/v1/audio/speech");
         assert!(!speak.parallel);

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -69,13 +69,29 @@ impl Upstream {
         }
     }
 
+    /// The parsed URI for a model path (routes precompute theirs once).
+    pub fn uri_for(&self, path: &str) -> Result<Uri, WorkerError> {
+        self.url_for(path)
+            .parse()
+            .map_err(|e| WorkerError::Internal(format!("bad model server URI for {path}: {e}")))
+    }
+
     /// POSTs a JSON body and waits for the response headers (first-byte timeout).
     pub async fn post_json(
         &self,
         path: &str,
         body: Bytes,
     ) -> Result<Response<Incoming>, WorkerError> {
-        let req = Request::post(self.url_for(path))
+        self.post_json_uri(self.uri_for(path)?, body).await
+    }
+
+    /// POSTs a JSON body to a prepared URI.
+    pub async fn post_json_uri(
+        &self,
+        uri: Uri,
+        body: Bytes,
+    ) -> Result<Response<Incoming>, WorkerError> {
+        let req = Request::post(uri)
             .header(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

@@ -90,10 +90,10 @@ impl Worker {
                 error::WorkerError::Internal(format!("building the report client: {e}"))
             })?;
         let grace = settings.shutdown_grace;
+        // Install the metrics recorder before the state registers its metric handles.
+        let _ = telemetry::handle();
         let tracker = load::Tracker::new(settings.report_buffer);
         let state = AppState::new(settings, tracker, auth::KeyStore::new());
-        // Install the metrics recorder before the first request is counted.
-        let _ = telemetry::handle();
         Ok(Worker { state, http, grace })
     }
 

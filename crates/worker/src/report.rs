@@ -170,13 +170,26 @@ impl Reporter {
         skip_redis: bool,
         cancel: &CancellationToken,
     ) -> bool {
+        // Serialize once: a batch retried while the control plane is down is not re-encoded.
+        let bytes = match serde_json::to_vec(body) {
+            Ok(b) => bytes::Bytes::from(b),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a report");
+                return false;
+            }
+        };
         for addr in &self.addrs {
             if skip_redis && addr.trim_end_matches('/') == SKIP_FOR_DELETE {
                 continue;
             }
             let url = format!("{}/{path}", addr.trim_end_matches('/'));
             for attempt in 1..=ATTEMPTS_PER_ADDR {
-                match self.http.post(&url).json(body).send().await {
+                let req = self
+                    .http
+                    .post(&url)
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(bytes.clone());
+                match req.send().await {
                     Ok(res) if res.status().is_success() => return true,
                     Ok(res) => {
                         tracing::debug!(url = %url, attempt, status = %res.status(), "report refused")

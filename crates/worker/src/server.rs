@@ -29,7 +29,7 @@ use crate::forward::{copy_response_headers, is_sse, RelayBody, Upstream};
 use crate::hooks::Hooks;
 use crate::load::{epoch_now, Kind, Outcome, Tracker};
 use crate::sessions::{self, SessionStore};
-use crate::telemetry::{self, RequestObserver};
+use crate::telemetry::{self, RequestObserver, RouteMetrics};
 
 /// Shared state of one worker.
 #[derive(Clone)]
@@ -47,18 +47,43 @@ struct Shared {
     draining: AtomicBool,
     sessions: SessionStore,
     hooks: Option<Arc<dyn Hooks>>,
+    /// Per declared route: the model server URI and metric handles, prepared once.
+    prepared: std::collections::HashMap<String, Prepared>,
+    /// Metric handles for pass-through paths (label "other").
+    other_metrics: RouteMetrics,
+}
+
+struct Prepared {
+    uri: Option<http::Uri>,
+    metrics: RouteMetrics,
 }
 
 impl AppState {
     /// State for a worker with these settings.
     pub fn new(settings: Settings, tracker: Tracker, keys: Arc<KeyStore>) -> Self {
         let settings_max_sessions = settings.max_sessions;
+
         let upstream = Upstream::new(
             &settings.model_server_url,
             settings.connect_timeout,
             settings.first_byte_timeout,
             settings.idle_timeout,
         );
+        let prepared = settings
+            .preset
+            .routes
+            .iter()
+            .map(|r| {
+                let uri = upstream.uri_for(&r.model_path).ok();
+                (
+                    r.path.clone(),
+                    Prepared {
+                        uri,
+                        metrics: RouteMetrics::new(&r.path),
+                    },
+                )
+            })
+            .collect();
         Self {
             inner: Arc::new(Shared {
                 settings,
@@ -69,6 +94,8 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 sessions: SessionStore::new(settings_max_sessions),
                 hooks: None,
+                prepared,
+                other_metrics: RouteMetrics::new("other"),
             }),
         }
     }
@@ -133,9 +160,8 @@ pub fn build_app(state: AppState) -> Router {
         .route("/session/health", post(sessions::health))
         .route("/session/end", post(sessions::end))
         .route("/pyworker/update", post(update))
-        .route("/", post(handle_request))
-        .route("/{*path}", post(handle_request))
-        .fallback(not_found)
+        // Preset routes are matched in `serve` (one table lookup) rather than by the router.
+        .fallback(handle_request)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -243,9 +269,17 @@ async fn not_found(method: Method, uri: Uri) -> Response {
 
 async fn handle_request(
     State(state): State<AppState>,
+    method: Method,
     uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if method != Method::POST {
+        return if state.settings().preset.route_for(uri.path()).is_some() {
+            StatusCode::METHOD_NOT_ALLOWED.into_response()
+        } else {
+            not_found(method, uri).await
+        };
+    }
     match serve(&state, uri.path(), body).await {
         Ok(res) => res,
         Err(e) => {
@@ -392,7 +426,12 @@ async fn serve(
         route.model_path.as_str()
     };
     let upstream = state.upstream();
-    let call = upstream.post_json(model_path, upstream_body);
+    let prepared = state.inner.prepared.get(path);
+    let uri = match prepared.and_then(|p| p.uri.clone()) {
+        Some(u) => u,
+        None => upstream.uri_for(model_path)?,
+    };
+    let call = upstream.post_json_uri(uri, upstream_body);
     let result = match &session_cancel {
         None => call.await,
         Some(token) => tokio::select! {
@@ -414,7 +453,10 @@ async fn serve(
     };
     let (parts, incoming) = res.into_parts();
     let sse = is_sse(&parts.headers);
-    let observer = RequestObserver::start(route_label(state, path), workload, sse, started);
+    let metrics = prepared
+        .map(|p| &p.metrics)
+        .unwrap_or(&state.inner.other_metrics);
+    let observer = RequestObserver::start(metrics, workload, sse, started);
     let relay = RelayBody::new(
         incoming,
         guard,

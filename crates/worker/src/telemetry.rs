@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use bytes::Bytes;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::forward::RelayObserver;
@@ -61,9 +61,40 @@ pub fn model_state(ready: bool, max_perf: f64) {
     gauge!(MAX_PERF).set(max_perf);
 }
 
+/// Metric handles of one route label, registered once so the request path only touches atomics
+/// (no label strings built or hashed per request).
+#[derive(Clone)]
+pub struct RouteMetrics {
+    success: Counter,
+    error: Counter,
+    cancelled: Counter,
+    workload: Counter,
+    upstream: Histogram,
+    ttfb: Histogram,
+    events: Counter,
+    in_flight: Gauge,
+}
+
+impl RouteMetrics {
+    /// Registers the handles for `route`.
+    pub fn new(route: &str) -> Self {
+        let r = route.to_string();
+        Self {
+            success: counter!(REQUESTS, "route" => r.clone(), "outcome" => "success"),
+            error: counter!(REQUESTS, "route" => r.clone(), "outcome" => "error"),
+            cancelled: counter!(REQUESTS, "route" => r.clone(), "outcome" => "cancelled"),
+            workload: counter!(WORKLOAD, "route" => r.clone()),
+            upstream: histogram!(UPSTREAM_LATENCY, "route" => r.clone()),
+            ttfb: histogram!(TTFB, "route" => r.clone()),
+            events: counter!(STREAM_EVENTS, "route" => r),
+            in_flight: gauge!(IN_FLIGHT),
+        }
+    }
+}
+
 /// Watches one relayed response: time to first byte, stream events, outcome, latency.
 pub struct RequestObserver {
-    route: String,
+    metrics: RouteMetrics,
     started: Instant,
     first_byte: bool,
     sse: bool,
@@ -72,14 +103,13 @@ pub struct RequestObserver {
 }
 
 impl RequestObserver {
-    /// Starts watching a request admitted on `route` with `workload`.
-    pub fn start(route: &str, workload: f64, sse: bool, started: Instant) -> Self {
-        gauge!(IN_FLIGHT).increment(1.0);
-        counter!(WORKLOAD, "route" => route.to_string()).increment(workload.max(0.0) as u64);
-        histogram!(UPSTREAM_LATENCY, "route" => route.to_string())
-            .record(started.elapsed().as_secs_f64());
+    /// Starts watching a request admitted with `workload` whose headers just arrived.
+    pub fn start(metrics: &RouteMetrics, workload: f64, sse: bool, started: Instant) -> Self {
+        metrics.in_flight.increment(1.0);
+        metrics.workload.increment(workload.max(0.0) as u64);
+        metrics.upstream.record(started.elapsed().as_secs_f64());
         Self {
-            route: route.to_string(),
+            metrics: metrics.clone(),
             started,
             first_byte: false,
             sse,
@@ -93,7 +123,8 @@ impl RelayObserver for RequestObserver {
     fn on_chunk(&mut self, chunk: &Bytes) {
         if !self.first_byte {
             self.first_byte = true;
-            histogram!(TTFB, "route" => self.route.clone())
+            self.metrics
+                .ttfb
                 .record(self.started.elapsed().as_secs_f64());
         }
         if self.sse {
@@ -110,15 +141,14 @@ impl RelayObserver for RequestObserver {
     }
 
     fn on_end(&mut self, outcome: Outcome) {
-        gauge!(IN_FLIGHT).decrement(1.0);
-        let label = match outcome {
-            Outcome::Success => "success",
-            Outcome::Error => "error",
-            Outcome::Cancelled => "cancelled",
-        };
-        counter!(REQUESTS, "route" => self.route.clone(), "outcome" => label).increment(1);
+        self.metrics.in_flight.decrement(1.0);
+        match outcome {
+            Outcome::Success => self.metrics.success.increment(1),
+            Outcome::Error => self.metrics.error.increment(1),
+            Outcome::Cancelled => self.metrics.cancelled.increment(1),
+        }
         if self.events > 0 {
-            counter!(STREAM_EVENTS, "route" => self.route.clone()).increment(self.events);
+            self.metrics.events.increment(self.events);
         }
     }
 }
