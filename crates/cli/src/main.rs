@@ -87,7 +87,10 @@ fn main() -> ExitCode {
             Command::SimModel(args) => run_sim(args).await,
             Command::Control(args) => ferry_control::run_cli(*args, shutdown_signal())
                 .await
-                .map_err(|e| Failure::Runtime(anyhow::anyhow!(e))),
+                .map_err(|e| match e {
+                    ferry_control::RunError::Config(c) => Failure::Config(c.to_string()),
+                    other => Failure::Runtime(anyhow::anyhow!(other)),
+                }),
             Command::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
             Command::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
         }

@@ -1,15 +1,281 @@
-//! Ferry control plane (in progress).
+//! `ferry control`: a self-hosted control plane that plays Vast.ai's serverless engine and
+//! endpoint API, so Vast's official Python client and unmodified PyWorkers (or
+//! `ferry worker`s) run entirely on your own machines.
+//!
+//! # What it does
+//!
+//! - Signs: a persistent RSA key (`GET /pubkey/`) signs every route grant the Vast way
+//!   (`signature` over `{"url": ...}`) plus Ferry's expiring token (`ferry_exp`, `ferry_sig`).
+//! - Routes: `/route/` picks the ready worker with the lowest estimated queue time, counting
+//!   load routed since its last report; when none can take the request it is held in a global
+//!   FIFO and served first when capacity appears (see [`route`] and [`queue`]).
+//! - Tracks workers from their reports and provider events, with Vast's states
+//!   ([`registry`]).
+//! - Scales: a pure [`autoscale::decide`] on Vast's documented parameters, run every tick.
+//! - Launches: through a [`provider::Provider`]; [`provider::local`] runs a model server and
+//!   `ferry worker` per instance on this host.
+//! - Persists endpoints, workergroups, keys, the `request_idx` counter, queued requests and
+//!   worker records in SQLite ([`store`]).
+//! - Serves the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
+//!   `/api/v0/autojobs/`) and an OpenAI-compatible gateway (`/{endpoint}/v1/...`).
+//!
+//! # Quick start
+//!
+//! ```text
+//! ferry control                      # 127.0.0.1:8080, state in ~/.cache/ferry
+//! KEY=$(cat ~/.cache/ferry/api_key)  # or set FERRY_API_KEY / --api-key
+//! curl -s -H "Authorization: Bearer $KEY" localhost:8080/api/v0/endptjobs/ \
+//!      -d '{"endpoint_name": "demo", "cold_workers": 1, "max_workers": 4}'
+//! # -> {"success": true, "result": 1}
+//! curl -s -H "Authorization: Bearer $KEY" localhost:8080/api/v0/workergroups/ \
+//!      -d '{"endpoint_id": 1, "backend": "openai"}'        # default model: Ferry's sim
+//! # -> {"success": true, "id": 2}
+//! EP=$(curl -s -H "Authorization: Bearer $KEY" localhost:8080/api/v0/endptjobs/1/ | jq -r .result.api_key)
+//! curl -s localhost:8080/demo/v1/completions -H "Authorization: Bearer $EP" \
+//!      -d '{"model": "m", "prompt": "hello", "max_tokens": 8}'
+//! ```
+//!
+//! Vast's Python client works unchanged:
+//! `Serverless(api_key=KEY, autoscaler_url="http://127.0.0.1:8080", webserver_url="http://127.0.0.1:8080")`.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`ControlArgs`] (flags/env) → [`Settings`].
+//! - [`api`]: one module per HTTP surface: `worker`, `route`, `endpoints`, `gateway`.
+//! - [`control`]: [`Control`], the shared state and every operation on it.
+//! - [`route`], [`queue`], [`registry`], [`endpoint`]: routing math, request lifetimes and
+//!   the global queue, worker records, endpoint/workergroup records.
+//! - [`autoscale`]: `decide` (pure) and its loop. [`provider`]: the trait and `local`.
+//! - [`store`]: SQLite on its own thread. [`telemetry`]: metrics. [`error`]: errors.
+//!
+//! # Shutdown order
+//!
+//! Stop accepting connections (in-flight calls get a bounded drain), cancel the autoscaler,
+//! stop every local instance (SIGTERM, then SIGKILL after the grace) and record them as
+//! stopped, flush the database.
+
+pub mod api;
+pub mod autoscale;
+pub mod config;
+pub mod control;
+pub mod endpoint;
+pub mod error;
+pub mod provider;
+pub mod queue;
+pub mod registry;
+pub mod route;
+pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Arguments of `ferry control`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ControlArgs {}
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{ControlArgs, Settings};
+pub use control::{Control, RouteOutcome};
+pub use error::{ConfigError, ControlError, RunError};
+pub use provider::{LaunchSpec, Provider, ProviderError, ProviderEvent};
+
+/// How long in-flight HTTP calls may take to finish after shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// The control plane's router.
+pub fn build_app(control: Control) -> Router {
+    use api::{endpoints as ep, gateway as gw, route as rt, worker as wk};
+    let small = DefaultBodyLimit::max(api::MAX_BODY);
+    let console = Router::new()
+        .route(
+            "/api/v0/endptjobs/",
+            get(ep::list_endpoints).post(ep::create_endpoint),
+        )
+        .route(
+            "/api/v0/endptjobs",
+            get(ep::list_endpoints).post(ep::create_endpoint),
+        )
+        .route(
+            "/api/v0/endptjobs/{id}/",
+            get(ep::get_endpoint)
+                .put(ep::update_endpoint)
+                .delete(ep::delete_endpoint),
+        )
+        .route(
+            "/api/v0/endptjobs/{id}",
+            get(ep::get_endpoint)
+                .put(ep::update_endpoint)
+                .delete(ep::delete_endpoint),
+        );
+    let mut console = console;
+    for base in ["/api/v0/workergroups", "/api/v0/autojobs"] {
+        console = console
+            .route(
+                &format!("{base}/"),
+                get(ep::list_groups).post(ep::create_group),
+            )
+            .route(base, get(ep::list_groups).post(ep::create_group))
+            .route(
+                &format!("{base}/{{id}}/"),
+                get(ep::get_group)
+                    .put(ep::update_group)
+                    .delete(ep::delete_group),
+            )
+            .route(
+                &format!("{base}/{{id}}"),
+                get(ep::get_group)
+                    .put(ep::update_group)
+                    .delete(ep::delete_group),
+            );
+    }
+    let run = Router::new()
+        .route("/pubkey/", get(wk::pubkey))
+        .route("/pubkey", get(wk::pubkey))
+        .route("/worker_status/", post(wk::worker_status))
+        .route("/delete_requests/", post(wk::delete_requests))
+        .route("/route/", post(rt::route))
+        .route("/get_endpoint_workers/", post(rt::endpoint_workers))
+        .route("/get_workergroup_workers/", post(rt::group_workers))
+        .route("/get_autogroup_workers/", post(rt::group_workers))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics));
+    let gateway = Router::new()
+        .route("/{endpoint}/v1/chat/completions", post(gw::chat))
+        .route("/{endpoint}/v1/completions", post(gw::completions))
+        .layer(DefaultBodyLimit::max(gw::MAX_GATEWAY_BODY));
+    console
+        .merge(run)
+        .layer(small)
+        .merge(gateway)
+        .with_state(control)
+}
+
+async fn health(State(c): State<Control>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "queued": c.queue_len(),
+        "workers": c.worker_states().len(),
+    }))
+}
+
+async fn metrics() -> impl IntoResponse {
+    match telemetry::handle() {
+        Some(h) => (StatusCode::OK, h.render()),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics recorder not installed\n".to_owned(),
+        ),
+    }
+}
+
+/// Serves `control` on `listener` until `shutdown` resolves, running the autoscaler beside
+/// it; then shuts down in order (see the crate docs).
+pub async fn run(
+    listener: TcpListener,
+    control: Control,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let _ = telemetry::handle();
+    let addr = listener.local_addr()?;
+    control.tasks().spawn(autoscale::run(control.clone()));
+    let stop = CancellationToken::new();
+    let graceful = stop.clone();
+    let app = build_app(control.clone());
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { graceful.cancelled().await })
+            .await
+    });
+    tracing::info!(listen = %addr, url = %control.settings().public_url, "ferry control serving");
+    let result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutting down: no new connections");
+            stop.cancel();
+            match tokio::time::timeout(DRAIN, &mut server).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => Err(std::io::Error::other(e)),
+                Err(_) => {
+                    tracing::warn!("drain deadline passed; closing open connections");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+        r = &mut server => r.map_err(std::io::Error::other).and_then(|r| r),
+    };
+    control.shutdown().await;
+    tracing::info!("ferry control stopped");
+    result
+}
 
 /// Runs `ferry control` until `shutdown`.
 pub async fn run_cli(
-    _args: ControlArgs,
-    _shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
-    Err("ferry control is not built yet".into())
+    args: ControlArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RunError> {
+    let listener = TcpListener::bind(args.listen.as_str())
+        .await
+        .map_err(|e| ConfigError::new("--listen", format!("binding {}: {e}", args.listen)))?;
+    let bound = listener.local_addr()?;
+    let settings = args.validate(bound)?;
+    let exe = match &args.ferry_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| {
+            ConfigError::new("--ferry-exe", format!("cannot find this executable: {e}"))
+        })?,
+    };
+    let stop_grace = Duration::from_secs(args.stop_grace_s.max(1));
+    let provider = provider::local::LocalProvider::new(provider::local::LocalConfig {
+        ferry_exe: exe,
+        state_dir: settings.state_dir.clone(),
+        model_cmd: args.model_cmd.clone(),
+        backend: args.backend.clone(),
+        stop_grace,
+        worker_env: [(
+            "FERRY_SHUTDOWN_GRACE_S".to_owned(),
+            stop_grace.as_secs().to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let control = Control::new(settings.clone(), Arc::new(provider)).await?;
+    announce_key(&control, &settings);
+    run(listener, control, shutdown).await?;
+    Ok(())
+}
+
+fn announce_key(control: &Control, settings: &Settings) {
+    let path = settings.state_dir.join("api_key");
+    let written = write_secret(&path, control.account_key());
+    match written {
+        Ok(()) => eprintln!(
+            "ferry control: account API key in {} (use it as Bearer for /api/v0/...)",
+            path.display()
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %path.display(), "could not write the API key file");
+            eprintln!("ferry control: account API key: {}", control.account_key());
+        }
+    }
+    eprintln!("ferry control: listening at {}", settings.public_url);
+}
+
+fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{secret}")
 }

@@ -1,0 +1,200 @@
+//! OpenAI-compatible gateway: `POST /{endpoint}/v1/chat/completions` and
+//! `POST /{endpoint}/v1/completions`, so the `openai` client and curl work against
+//! `http://<control>/<endpoint>/v1` with the endpoint's `api_key` as the Bearer token.
+//!
+//! Each call goes through the same router and global queue as `/route/` (one `request_idx`
+//! for its whole life): while no worker is ready it waits (woken by reports, bounded by
+//! `--gateway-wait-s`, then `503`). The chosen worker gets Vast's body
+//! `{"auth_data": <route answer>, "payload": <the OpenAI body>}`. A connect failure, a
+//! timeout before the response head, or a 5xx head makes the gateway re-route the same
+//! `request_idx` to another worker (at most 3 attempts); once a response head is accepted,
+//! the body (JSON or SSE stream) is relayed chunk by chunk without buffering.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::api::bearer;
+use crate::control::RouteOutcome;
+use crate::error::ControlError;
+use crate::telemetry;
+use crate::Control;
+
+/// Attempts per request (first try plus re-routes).
+const ATTEMPTS: usize = 3;
+/// Bound on the wait for a worker's response head (no total timeout: streams run long).
+const FIRST_BYTE: Duration = Duration::from_secs(600);
+/// Largest request body.
+pub const MAX_GATEWAY_BODY: usize = 16 << 20;
+
+fn client() -> &'static reqwest::Client {
+    static C: OnceLock<reqwest::Client> = OnceLock::new();
+    C.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// `POST /{endpoint}/v1/chat/completions`.
+pub async fn chat(
+    State(c): State<Control>,
+    Path(ep): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    relay(c, ep, "/v1/chat/completions", headers, body).await
+}
+
+/// `POST /{endpoint}/v1/completions`.
+pub async fn completions(
+    State(c): State<Control>,
+    Path(ep): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    relay(c, ep, "/v1/completions", headers, body).await
+}
+
+fn cost_of(payload: &Value) -> f64 {
+    ["max_tokens", "max_completion_tokens"]
+        .iter()
+        .find_map(|k| payload.get(*k).and_then(Value::as_f64))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(100.0)
+}
+
+async fn relay(
+    c: Control,
+    endpoint: String,
+    path: &'static str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match relay_inner(&c, &endpoint, path, &headers, body).await {
+        Ok(r) => {
+            telemetry::gateway("relayed");
+            r
+        }
+        Err(e) => {
+            telemetry::gateway(e.code());
+            // OpenAI-style error body, so the openai client surfaces the message.
+            let status = e.status();
+            (status, axum::Json(json!({"error": {"message": e.to_string(), "type": e.code(), "code": status.as_u16()}})))
+                .into_response()
+        }
+    }
+}
+
+async fn relay_inner(
+    c: &Control,
+    endpoint: &str,
+    path: &'static str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ControlError> {
+    let key = bearer(headers);
+    c.check_endpoint_key(endpoint, key.as_deref())?;
+    let payload: Value = serde_json::from_slice(&body)
+        .map_err(|e| ControlError::BadRequest(format!("malformed JSON body: {e}")))?;
+    if !payload.is_object() {
+        return Err(ControlError::BadRequest(
+            "body must be a JSON object".into(),
+        ));
+    }
+    let cost = cost_of(&payload);
+    let deadline = tokio::time::Instant::now() + c.settings().gateway_wait;
+    let mut idx = 0u64;
+    let mut guard = Abandon {
+        control: c.clone(),
+        idx: 0,
+    };
+    let mut failed: Vec<String> = Vec::new();
+    let mut last_error = String::new();
+    while failed.len() < ATTEMPTS {
+        // Register interest before routing so a report between the two is not missed.
+        let notified = c.changed().notified();
+        let grant = match c.route(endpoint, key.as_deref(), cost, idx, &failed)? {
+            RouteOutcome::Ready(r) => r,
+            RouteOutcome::Waiting(w) => {
+                idx = w.request_idx;
+                guard.idx = idx;
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(ControlError::Unavailable(format!(
+                            "no worker became available within {} s ({})",
+                            c.settings().gateway_wait.as_secs(), w.status
+                        )));
+                    }
+                }
+                continue;
+            }
+        };
+        idx = grant.request_idx;
+        guard.idx = 0;
+        let url = format!("{}{}", grant.url.trim_end_matches('/'), path);
+        let wrapped = json!({"auth_data": &*grant, "payload": &payload});
+        let sent = client().post(&url).json(&wrapped).send();
+        let resp = match tokio::time::timeout(FIRST_BYTE, sent).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(request_idx = idx, worker = %grant.url, error = %e, "worker call failed; re-routing");
+                last_error = e.to_string();
+                failed.push(grant.url.clone());
+                continue;
+            }
+            Err(_) => {
+                last_error = "no response head in time".into();
+                failed.push(grant.url.clone());
+                continue;
+            }
+        };
+        if resp.status().is_server_error() {
+            tracing::warn!(request_idx = idx, worker = %grant.url, status = resp.status().as_u16(), "worker answered 5xx; re-routing");
+            last_error = format!("worker answered {}", resp.status());
+            failed.push(grant.url.clone());
+            continue;
+        }
+        let status =
+            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let mut out = Response::builder().status(status);
+        for name in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+            if let Some(v) = resp.headers().get(name.as_str()) {
+                if let Ok(v) = HeaderValue::from_bytes(v.as_bytes()) {
+                    out = out.header(name, v);
+                }
+            }
+        }
+        out = out.header("x-ferry-request-idx", idx.to_string());
+        return out
+            .body(Body::from_stream(resp.bytes_stream()))
+            .map_err(|e| ControlError::Internal(e.to_string()));
+    }
+    Err(ControlError::Upstream(format!(
+        "{ATTEMPTS} workers failed this request; last error: {last_error}"
+    )))
+}
+
+/// Drops the request from the queue if the gateway's caller leaves while it waits.
+struct Abandon {
+    control: Control,
+    idx: u64,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if self.idx != 0 {
+            self.control.abandon(self.idx);
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `ferry control` settings: one clap field per setting (flag + env), validated once into
+//! [`Settings`].
+//!
+//! Defaults make `ferry control` work with zero setup: it binds `127.0.0.1:8080` (the address
+//! the vastai SDK's `local` instance uses), keeps its state in `~/.cache/ferry/`, and launches
+//! workers on this host in front of the built-in simulated model.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::ConfigError;
+
+/// Arguments of `ferry control`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControlArgs {
+    /// Address to listen on (loopback by default; expose deliberately).
+    #[arg(long, env = "FERRY_CONTROL_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Base URL workers and clients use to reach this control plane (REPORT_ADDR of launched
+    /// workers). Default: `http://<listen address>`.
+    #[arg(long, env = "FERRY_CONTROL_URL")]
+    pub public_url: Option<String>,
+
+    /// Directory for the database and the local provider's instance directories.
+    /// Default: `~/.cache/ferry`.
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// SQLite database file. Default: `<state-dir>/control.db`.
+    #[arg(long, env = "FERRY_DB")]
+    pub db: Option<PathBuf>,
+
+    /// Account API key for the endpoint/workergroup API. Default: generated on first start and
+    /// stored in the database. Either way it is written to `<state-dir>/api_key` (mode 0600).
+    #[arg(long, env = "FERRY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Where workers run: `local` (processes on this host).
+    #[arg(long, env = "FERRY_PROVIDER", default_value = "local")]
+    pub provider: String,
+
+    /// The `ferry` executable the local provider runs as `ferry worker` and `ferry sim-model`.
+    /// Default: this executable.
+    #[arg(long, env = "FERRY_EXE")]
+    pub ferry_exe: Option<PathBuf>,
+
+    /// Default model server command for workergroups that carry none. `{model_port}`,
+    /// `{model_log}`, `{ferry}` and `{dir}` are substituted; run with `sh -c`.
+    /// Default: `{ferry} sim-model --listen 127.0.0.1:{model_port} --log-file {model_log}`.
+    #[arg(long, env = "FERRY_MODEL_CMD")]
+    pub model_cmd: Option<String>,
+
+    /// Default worker preset (BACKEND) for workergroups that carry none.
+    #[arg(long, env = "FERRY_BACKEND", default_value = "openai")]
+    pub backend: String,
+
+    /// Autoscaler tick, milliseconds.
+    #[arg(long, env = "FERRY_AUTOSCALE_INTERVAL_MS", default_value = "1000")]
+    pub autoscale_interval_ms: u64,
+
+    /// A ready worker with no report for this long stops receiving requests; after twice this
+    /// long it counts as errored.
+    #[arg(long, env = "FERRY_STALE_AFTER_S", default_value = "30")]
+    pub stale_after_s: u64,
+
+    /// Idle seconds before a surplus ready worker is stopped, when the endpoint sets no
+    /// positive `inactivity_timeout`.
+    #[arg(long, env = "FERRY_IDLE_STOP_AFTER_S", default_value = "60")]
+    pub idle_stop_after_s: u64,
+
+    /// Lifetime of the Ferry token (`ferry_exp`) in route answers, seconds.
+    #[arg(long, env = "FERRY_TOKEN_TTL_S", default_value = "600")]
+    pub token_ttl_s: u64,
+
+    /// A queued request nobody polled for this long is dropped, seconds.
+    #[arg(long, env = "FERRY_QUEUE_TTL_S", default_value = "120")]
+    pub queue_ttl_s: u64,
+
+    /// Routed load a worker has not yet acknowledged in a report is forgotten after this
+    /// long, seconds (the client never called the worker).
+    #[arg(long, env = "FERRY_PENDING_TTL_S", default_value = "60")]
+    pub pending_ttl_s: u64,
+
+    /// How long the OpenAI gateway waits for a worker before answering 503, seconds.
+    #[arg(long, env = "FERRY_GATEWAY_WAIT_S", default_value = "300")]
+    pub gateway_wait_s: u64,
+
+    /// Grace between SIGTERM and SIGKILL when stopping a local instance, seconds.
+    #[arg(long, env = "FERRY_STOP_GRACE_S", default_value = "10")]
+    pub stop_grace_s: u64,
+
+    /// RSA key size for a newly generated signing key.
+    #[arg(long, env = "FERRY_KEY_BITS", default_value = "2048")]
+    pub key_bits: usize,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Base URL workers report to.
+    pub public_url: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    /// Database path; `None` keeps everything in memory (tests).
+    pub db: Option<PathBuf>,
+    /// Account key override.
+    pub api_key: Option<String>,
+    /// Autoscaler tick.
+    pub autoscale_interval: Duration,
+    /// Report staleness limit.
+    pub stale_after: Duration,
+    /// Idle time before a surplus worker stops.
+    pub idle_stop_after: Duration,
+    /// `ferry_exp` lifetime.
+    pub token_ttl: Duration,
+    /// Unpolled queued request lifetime.
+    pub queue_ttl: Duration,
+    /// Unacknowledged routed load lifetime.
+    pub pending_ttl: Duration,
+    /// Gateway wait bound.
+    pub gateway_wait: Duration,
+    /// RSA key size for new keys.
+    pub key_bits: usize,
+    /// A PEM signing key to use when the database has none yet (tests share one key to skip
+    /// RSA generation).
+    pub signing_key_pem: Option<String>,
+}
+
+impl Settings {
+    /// Settings for tests and embedding: in-memory database, short timers left at defaults.
+    pub fn for_url(public_url: impl Into<String>) -> Settings {
+        Settings {
+            public_url: public_url.into(),
+            state_dir: std::env::temp_dir().join("ferry-control"),
+            db: None,
+            api_key: None,
+            autoscale_interval: Duration::from_secs(1),
+            stale_after: Duration::from_secs(30),
+            idle_stop_after: Duration::from_secs(60),
+            token_ttl: Duration::from_secs(600),
+            queue_ttl: Duration::from_secs(120),
+            pending_ttl: Duration::from_secs(60),
+            gateway_wait: Duration::from_secs(300),
+            key_bits: 2048,
+            signing_key_pem: None,
+        }
+    }
+}
+
+impl ControlArgs {
+    /// Validates into [`Settings`], given the address actually bound.
+    pub fn validate(&self, bound: SocketAddr) -> Result<Settings, ConfigError> {
+        let state_dir = match &self.state_dir {
+            Some(d) => d.clone(),
+            None => default_state_dir()?,
+        };
+        let db = Some(
+            self.db
+                .clone()
+                .unwrap_or_else(|| state_dir.join("control.db")),
+        );
+        let public_url = match &self.public_url {
+            Some(u) => {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(ConfigError::new(
+                        "--public-url",
+                        "must start with http:// or https://",
+                    ));
+                }
+                u.trim_end_matches('/').to_owned()
+            }
+            None => format!("http://{bound}"),
+        };
+        if let Some(k) = &self.api_key {
+            if k.trim().is_empty() {
+                return Err(ConfigError::new("FERRY_API_KEY", "must not be empty"));
+            }
+        }
+        if self.provider != "local" {
+            return Err(ConfigError::new(
+                "--provider",
+                format!("unknown provider {:?} (known: local)", self.provider),
+            ));
+        }
+        if !(2048..=4096).contains(&self.key_bits) {
+            return Err(ConfigError::new("--key-bits", "must be 2048..=4096"));
+        }
+        let ms = |v: u64, name: &'static str| {
+            if v == 0 {
+                Err(ConfigError::new(name, "must be positive"))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        Ok(Settings {
+            public_url,
+            state_dir,
+            db,
+            api_key: self.api_key.clone(),
+            autoscale_interval: ms(self.autoscale_interval_ms, "--autoscale-interval-ms")?,
+            stale_after: ms(self.stale_after_s * 1000, "--stale-after-s")?,
+            idle_stop_after: Duration::from_secs(self.idle_stop_after_s),
+            token_ttl: ms(self.token_ttl_s * 1000, "--token-ttl-s")?,
+            queue_ttl: ms(self.queue_ttl_s * 1000, "--queue-ttl-s")?,
+            pending_ttl: ms(self.pending_ttl_s * 1000, "--pending-ttl-s")?,
+            gateway_wait: ms(self.gateway_wait_s * 1000, "--gateway-wait-s")?,
+            key_bits: self.key_bits,
+            signing_key_pem: None,
+        })
+    }
+}
+
+fn default_state_dir() -> Result<PathBuf, ConfigError> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(x).join("ferry"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(h) => Ok(PathBuf::from(h).join(".cache").join("ferry")),
+        None => Err(ConfigError::new(
+            "--state-dir",
+            "HOME is not set; pass --state-dir",
+        )),
+    }
+}

@@ -1,0 +1,127 @@
+//! Errors: one enum per boundary, each variant with a fixed `code()` used in logs and metric
+//! labels, and a single HTTP mapping.
+//!
+//! Bodies are `{"error": "<message>"}`, Vast's own shape; `/route/`'s two documented failures
+//! keep Vast's exact texts ([`ROUTE_BAD_REQUEST`], [`AUTH_FAILED`]).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+/// Vast's 400 text for `/route/`.
+pub const ROUTE_BAD_REQUEST: &str = "Invalid endpoint or missing required parameters";
+/// Vast's 401 text.
+pub const AUTH_FAILED: &str = "Authentication failed";
+
+/// An error answered over HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Malformed or invalid input (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong key (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// No such object (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// Conflicts with existing state, e.g. a duplicate endpoint name (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// No worker could take the request in time (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The worker failed (502).
+    #[error("{0}")]
+    Upstream(String),
+    /// The worker did not answer in time (504).
+    #[error("{0}")]
+    Timeout(String),
+    /// A bug or an I/O failure on our side (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    /// Short fixed identifier.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ControlError::BadRequest(_) => "bad_request",
+            ControlError::Unauthorized(_) => "unauthorized",
+            ControlError::NotFound(_) => "not_found",
+            ControlError::Conflict(_) => "conflict",
+            ControlError::Unavailable(_) => "unavailable",
+            ControlError::Upstream(_) => "upstream",
+            ControlError::Timeout(_) => "timeout",
+            ControlError::Internal(_) => "internal",
+        }
+    }
+
+    /// HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ControlError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// `401 {"error": "Authentication failed"}`.
+    pub fn auth() -> ControlError {
+        ControlError::Unauthorized(AUTH_FAILED.into())
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(code = self.code(), error = %self, "request failed");
+        } else {
+            tracing::debug!(code = self.code(), error = %self, "request refused");
+        }
+        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+/// A bad setting: names the setting (flag or env) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {reason}")]
+pub struct ConfigError {
+    /// The flag or environment variable.
+    pub setting: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Builds one.
+    pub fn new(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Why `ferry control` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration (exit code 64 in the CLI).
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The database could not be opened or read.
+    #[error("database: {0}")]
+    Store(String),
+    /// Signing key trouble.
+    #[error("signing key: {0}")]
+    Key(String),
+    /// Socket trouble.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

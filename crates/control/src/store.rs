@@ -1,0 +1,302 @@
+//! Persistence: an embedded SQLite database owned by one dedicated thread.
+//!
+//! What is stored: endpoints, workergroups, worker records, queued requests (table `records`,
+//! one JSON document per `(kind, id)`), and small values in `kv`: the signing key, the account
+//! key, the `request_idx` ceiling and the id counters.
+//!
+//! The in-memory state is authoritative while running; every change is written through to the
+//! thread as a message, so no async task ever blocks on SQLite and no mutex is held across an
+//! `.await`. Writes are applied in order and batched into one transaction per wake-up. Callers
+//! that must know a change is durable before answering (endpoint creation) await
+//! [`Store::flush`].
+//!
+//! `request_idx` is never reused across restarts: the counter is persisted as a *ceiling*
+//! reserved in blocks (see `queue.rs`), so even a crash that loses the last writes restarts
+//! above every index handed out.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use rusqlite::{params, Connection};
+use tokio::sync::oneshot;
+
+/// Record kinds.
+pub mod kind {
+    /// Endpoint records.
+    pub const ENDPOINT: &str = "endpoint";
+    /// Workergroup records.
+    pub const WORKERGROUP: &str = "workergroup";
+    /// Worker records.
+    pub const WORKER: &str = "worker";
+    /// Queued requests.
+    pub const QUEUED: &str = "queued";
+}
+
+enum Op {
+    Put(String, i64, String),
+    Delete(String, i64),
+    Kv(String, String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Everything read at start-up.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// `kv` table.
+    pub kv: HashMap<String, String>,
+    /// `(kind, id, json)` rows of `records`, ordered by kind then id.
+    pub records: Vec<(String, i64, String)>,
+}
+
+impl Loaded {
+    /// The JSON bodies of one kind, by id order.
+    pub fn of(&self, k: &str) -> impl Iterator<Item = (i64, &str)> {
+        let k = k.to_owned();
+        self.records
+            .iter()
+            .filter(move |(kk, _, _)| *kk == k)
+            .map(|(_, id, body)| (*id, body.as_str()))
+    }
+}
+
+/// Handle to the writer thread.
+pub struct Store {
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    path: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, or an in-memory one for `None`,
+    /// and reads everything back. Blocking: call from `spawn_blocking` or before the runtime.
+    pub fn open(path: Option<&Path>) -> Result<(Store, Loaded), String> {
+        if let Some(p) = path {
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+        }
+        let (tx, rx) = mpsc::channel::<Op>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<Loaded, String>>();
+        let owned = path.map(Path::to_path_buf);
+        let thread_path = owned.clone();
+        let thread = std::thread::Builder::new()
+            .name("ferry-store".into())
+            .spawn(move || {
+                let conn = match open_conn(thread_path.as_deref()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(load(&conn));
+                writer(conn, rx);
+            })
+            .map_err(|e| format!("starting the store thread: {e}"))?;
+        let loaded = ready_rx
+            .recv()
+            .map_err(|_| "the store thread died".to_string())??;
+        Ok((
+            Store {
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                path: owned,
+            },
+            loaded,
+        ))
+    }
+
+    fn send(&self, op: Op) {
+        let guard = match self.tx.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(tx) = guard.as_ref() {
+            if tx.send(op).is_err() {
+                tracing::error!("store thread gone; change not persisted");
+            }
+        }
+    }
+
+    /// Writes (inserts or replaces) one record.
+    pub fn put(&self, kind: &str, id: i64, body: String) {
+        self.send(Op::Put(kind.to_owned(), id, body));
+    }
+
+    /// Serializes and writes one record.
+    pub fn put_json<T: serde::Serialize>(&self, kind: &str, id: i64, value: &T) {
+        match serde_json::to_string(value) {
+            Ok(body) => self.put(kind, id, body),
+            Err(e) => tracing::error!(kind, id, error = %e, "cannot serialize record"),
+        }
+    }
+
+    /// Deletes one record.
+    pub fn delete(&self, kind: &str, id: i64) {
+        self.send(Op::Delete(kind.to_owned(), id));
+    }
+
+    /// Sets a `kv` value.
+    pub fn set_kv(&self, key: &str, value: String) {
+        self.send(Op::Kv(key.to_owned(), value));
+    }
+
+    /// Resolves once every change sent before it is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Flush(tx));
+        let _ = rx.await;
+    }
+
+    /// Commits everything pending and stops the thread. Blocking.
+    pub fn close(&self) {
+        let tx = match self.tx.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        drop(tx);
+        let handle = match self.thread.lock() {
+            Ok(mut g) => g.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn open_conn(path: Option<&Path>) -> Result<Connection, String> {
+    let conn = match path {
+        Some(p) => Connection::open(p).map_err(|e| format!("opening {}: {e}", p.display()))?,
+        None => Connection::open_in_memory().map_err(|e| e.to_string())?,
+    };
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous=NORMAL;
+         CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+         CREATE TABLE IF NOT EXISTS records (
+             kind TEXT NOT NULL, id INTEGER NOT NULL, body TEXT NOT NULL,
+             PRIMARY KEY (kind, id));",
+    )
+    .map_err(|e| format!("creating tables: {e}"))?;
+    Ok(conn)
+}
+
+fn load(conn: &Connection) -> Result<Loaded, String> {
+    let mut out = Loaded::default();
+    let mut st = conn
+        .prepare("SELECT key, value FROM kv")
+        .map_err(|e| e.to_string())?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(|e| e.to_string())?;
+    for row in rows {
+        let (k, v) = row.map_err(|e| e.to_string())?;
+        out.kv.insert(k, v);
+    }
+    let mut st = conn
+        .prepare("SELECT kind, id, body FROM records ORDER BY kind, id")
+        .map_err(|e| e.to_string())?;
+    let rows = st
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(|e| e.to_string())?;
+    for row in rows {
+        out.records.push(row.map_err(|e| e.to_string())?);
+    }
+    Ok(out)
+}
+
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+            if batch.len() >= 512 {
+                break;
+            }
+        }
+        let mut acks = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for op in batch {
+                match op {
+                    Op::Put(k, id, body) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?1, ?2, ?3)",
+                            params![k, id, body],
+                        )?;
+                    }
+                    Op::Delete(k, id) => {
+                        tx.execute(
+                            "DELETE FROM records WHERE kind = ?1 AND id = ?2",
+                            params![k, id],
+                        )?;
+                    }
+                    Op::Kv(k, v) => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
+                            params![k, v],
+                        )?;
+                    }
+                    Op::Flush(ack) => acks.push(ack),
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "database write failed");
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip_on_disk() {
+        let dir = std::env::temp_dir().join(format!("ferry-store-{}", std::process::id()));
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        {
+            let (s, loaded) = Store::open(Some(&path)).unwrap();
+            assert!(loaded.records.is_empty());
+            s.put(kind::ENDPOINT, 1, "{\"a\":1}".into());
+            s.put(kind::ENDPOINT, 2, "{}".into());
+            s.delete(kind::ENDPOINT, 2);
+            s.set_kv("k", "v".into());
+            s.flush().await;
+        }
+        let (_s, loaded) = Store::open(Some(&path)).unwrap();
+        assert_eq!(loaded.kv.get("k").map(String::as_str), Some("v"));
+        let eps: Vec<_> = loaded.of(kind::ENDPOINT).collect();
+        assert_eq!(eps, vec![(1, "{\"a\":1}")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

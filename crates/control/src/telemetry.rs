@@ -1,0 +1,120 @@
+//! Prometheus metrics: names defined once, bounded labels, and one helper per outcome so the
+//! log line and the counter cannot drift apart.
+//!
+//! | Metric | Type | Labels |
+//! |---|---|---|
+//! | `ferry_control_routes_total` | counter | `outcome` = ready, waiting, bad_request, unauthorized |
+//! | `ferry_control_reroutes_total` | counter | |
+//! | `ferry_control_queue_length` | gauge | |
+//! | `ferry_control_workers` | gauge | `state` (Vast's worker states) |
+//! | `ferry_control_scaling_actions_total` | counter | `action` = launch, resume, stop, destroy; `reason` |
+//! | `ferry_control_reports_total` | counter | `kind` = worker_status, delete_requests; `outcome` |
+//! | `ferry_control_gateway_requests_total` | counter | `outcome` |
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use metrics::{counter, gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::autoscale::{Action, Decision};
+use crate::registry::WorkerState;
+
+/// Routes by outcome.
+pub const ROUTES: &str = "ferry_control_routes_total";
+/// Re-routes of a known request.
+pub const REROUTES: &str = "ferry_control_reroutes_total";
+/// Global queue length.
+pub const QUEUE_LENGTH: &str = "ferry_control_queue_length";
+/// Workers by state.
+pub const WORKERS: &str = "ferry_control_workers";
+/// Scaling actions.
+pub const SCALING: &str = "ferry_control_scaling_actions_total";
+/// Worker reports.
+pub const REPORTS: &str = "ferry_control_reports_total";
+/// Gateway requests.
+pub const GATEWAY: &str = "ferry_control_gateway_requests_total";
+
+/// The process-wide Prometheus recorder (installed on first use; `None` if another recorder
+/// was installed first).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics recorder not installed");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// A `/route/` answer.
+pub fn route_outcome(outcome: &'static str) {
+    counter!(ROUTES, "outcome" => outcome).increment(1);
+}
+
+/// A known request routed again.
+pub fn reroute() {
+    counter!(REROUTES).increment(1);
+}
+
+/// Queue length now.
+pub fn queue_length(n: usize) {
+    gauge!(QUEUE_LENGTH).set(n as f64);
+}
+
+/// Workers by state now.
+pub fn workers_by_state(states: impl Iterator<Item = WorkerState>) {
+    let mut counts: HashMap<WorkerState, usize> = HashMap::new();
+    for s in states {
+        *counts.entry(s).or_default() += 1;
+    }
+    for s in WorkerState::ALL {
+        gauge!(WORKERS, "state" => s.as_str()).set(counts.get(&s).copied().unwrap_or(0) as f64);
+    }
+}
+
+/// A scaling decision: logged and counted together.
+pub fn scaling(endpoint_id: i64, d: &Decision) {
+    match &d.action {
+        Action::Launch {
+            workergroup_id,
+            count,
+        } => tracing::info!(
+            endpoint = endpoint_id,
+            action = "launch",
+            workergroup = workergroup_id,
+            count,
+            reason = d.reason,
+            "scaling decision"
+        ),
+        Action::Resume { worker_id }
+        | Action::Stop { worker_id }
+        | Action::Destroy { worker_id } => {
+            tracing::info!(
+                endpoint = endpoint_id,
+                action = d.action.kind(),
+                worker = worker_id,
+                reason = d.reason,
+                "scaling decision"
+            )
+        }
+    }
+    let n = match d.action {
+        Action::Launch { count, .. } => u64::from(count),
+        _ => 1,
+    };
+    counter!(SCALING, "action" => d.action.kind(), "reason" => d.reason).increment(n);
+}
+
+/// A worker report.
+pub fn report(kind: &'static str, outcome: &'static str) {
+    counter!(REPORTS, "kind" => kind, "outcome" => outcome).increment(1);
+}
+
+/// A gateway request's outcome.
+pub fn gateway(outcome: &'static str) {
+    counter!(GATEWAY, "outcome" => outcome).increment(1);
+}

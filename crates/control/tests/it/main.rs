@@ -1,0 +1,8 @@
+//! Integration tests: real control plane, real `ferry_worker::Worker`s in front of the sim.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod flow;
+mod harness;
+mod inproc;
+mod inputs;
+mod local;
