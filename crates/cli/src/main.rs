@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod call;
+mod demo;
 
 use anyhow::Context as _;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -42,6 +43,8 @@ enum Command {
     Call(Box<call::CallArgs>),
     /// Load-test an endpoint or a single worker.
     Bench(Box<bench::BenchArgs>),
+    /// The whole system on this machine: control plane, autoscaled local workers, a burst of requests.
+    Demo(Box<demo::DemoArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -70,7 +73,12 @@ fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    init_tracing(cli.log_format);
+    // The demo's terminal output is the show; its components only log warnings unless asked.
+    let default_level = match cli.command {
+        Command::Demo(_) => "warn",
+        _ => "info",
+    };
+    init_tracing(cli.log_format, default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,6 +101,7 @@ fn main() -> ExitCode {
                 }),
             Command::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
             Command::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
+            Command::Demo(args) => demo::run(*args).await.map_err(Failure::Runtime),
         }
     });
     match result {
@@ -119,10 +128,10 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

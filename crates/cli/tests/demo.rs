@@ -1,0 +1,53 @@
+//! `ferry demo` end to end: control plane, autoscaled local workers from zero, a burst of plain
+//! and streaming requests through the route flow, clean shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+#[test]
+fn demo_scales_from_zero_serves_the_burst_and_shuts_down() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "demo",
+            "--requests",
+            "8",
+            "--concurrency",
+            "4",
+            "--max-tokens",
+            "8",
+        ])
+        .env("FERRY_LOG", "warn")
+        .output()
+        .expect("run ferry demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "demo failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("summary: 8 ok, 0 failed"), "{stdout}");
+    // Workers were started by the autoscaler (none existed) and answered, streams included.
+    assert!(stdout.contains("workers: "), "{stdout}");
+    assert!(stdout.contains("stream (first token"), "{stdout}");
+    assert!(stdout.contains("via http://127.0.0.1:"), "{stdout}");
+    assert!(stdout.contains("shutting down"), "{stdout}");
+    // No worker or model process outlives the demo.
+    let leftover = Command::new("pgrep")
+        .args(["-f", "ferry-demo-"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert!(leftover.is_empty(), "processes left behind: {leftover}");
+}
+
+#[test]
+fn demo_rejects_bad_arguments_with_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["demo", "--requests", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--requests"), "{stderr}");
+}

@@ -1,0 +1,8 @@
+//! `ferry call` and `ferry bench` as processes, against `ferry sim-model` + `ferry worker`
+//! processes on free ports.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod args;
+mod bench;
+mod call;
+mod stack;
