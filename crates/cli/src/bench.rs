@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Retries per request through an endpoint (0: count every failure).
     #[arg(long, default_value = "0")]
     pub max_retries: u32,
+    /// With --worker: the `auth_data` to send (JSON, @file or -), e.g. a grant signed for that
+    /// worker, instead of the unsecured placeholder.
+    #[arg(long, value_name = "JSON", requires = "worker")]
+    pub auth_data: Option<String>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -146,8 +150,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let base = worker.trim_end_matches('/');
         let url = reqwest::Url::parse(&format!("{base}{route}"))
             .unwrap_or_else(|e| usage_error(format!("--worker {worker:?}: {e}")));
+        let auth_data = match &args.auth_data {
+            Some(a) => read_payload(Some(a), "{}"),
+            None => Endpoint::placeholder_auth_data(base, args.cost),
+        };
         let body = json!({
-            "auth_data": Endpoint::placeholder_auth_data(base, args.cost),
+            "auth_data": auth_data,
             "session_id": null,
             "payload": payload,
         });

@@ -186,6 +186,10 @@ pub async fn run(
     let stop = CancellationToken::new();
     let graceful = stop.clone();
     let app = build_app(control.clone());
+    // No Nagle: relayed stream chunks go out at once.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move { graceful.cancelled().await })
