@@ -50,9 +50,10 @@
 //!
 //! # Shutdown order
 //!
-//! Stop accepting connections (in-flight calls get a bounded drain), cancel the autoscaler,
-//! stop every local instance (SIGTERM, then SIGKILL after the grace) and record them as
-//! stopped, flush the database.
+//! Cancel the autoscaler, stop every local instance (SIGTERM, then SIGKILL after the grace)
+//! while still serving, so their last reports ("Worker shutting down", finished requests)
+//! arrive and they exit at once, and record them as stopped; then stop accepting connections
+//! (in-flight calls get a bounded drain) and flush the database.
 
 pub mod api;
 pub mod autoscale;
@@ -198,6 +199,10 @@ pub async fn run(
     tracing::info!(listen = %addr, url = %control.settings().public_url, "ferry control serving");
     let result = tokio::select! {
         _ = shutdown => {
+            // Workers first, while they can still deliver their last reports (see
+            // `Control::stop_workers`); then close the listener.
+            tracing::info!("shutting down: stopping workers");
+            control.stop_workers().await;
             tracing::info!("shutting down: no new connections");
             stop.cancel();
             match tokio::time::timeout(DRAIN, &mut server).await {

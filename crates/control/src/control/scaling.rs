@@ -220,22 +220,31 @@ impl Control {
         })
     }
 
-    /// Stops the provider's instances and records them as stopped; flushes the database.
-    pub async fn shutdown(&self) {
+    /// Cancels the autoscaler, stops the provider's instances and records them as stopped.
+    ///
+    /// [`crate::run`] calls this while its HTTP server still accepts connections: a stopping
+    /// worker reports "Worker shutting down" and flushes its finished requests before it
+    /// exits, and with the listener already closed it would keep retrying until the stop
+    /// grace ends in SIGKILL. Calling it again does nothing more.
+    pub async fn stop_workers(&self) {
         self.shared.cancel.cancel();
         let stopped = self.shared.provider.shutdown().await;
-        {
-            let mono = self.mono();
-            let mut g = self.lock();
-            for id in stopped {
-                if let Some(w) = g.workers.get_mut(&id) {
-                    if w.state != WorkerState::Destroying {
-                        w.set_state(WorkerState::Stopped, mono);
-                        self.shared.store.put_json(kind::WORKER, id, &*w);
-                    }
+        let mono = self.mono();
+        let mut g = self.lock();
+        for id in stopped {
+            if let Some(w) = g.workers.get_mut(&id) {
+                if w.state != WorkerState::Destroying {
+                    w.set_state(WorkerState::Stopped, mono);
+                    self.shared.store.put_json(kind::WORKER, id, &*w);
                 }
             }
         }
+    }
+
+    /// Stops the provider's instances and records them as stopped ([`Control::stop_workers`]);
+    /// waits for background tasks; flushes the database.
+    pub async fn shutdown(&self) {
+        self.stop_workers().await;
         self.shared.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(30), self.shared.tasks.wait()).await;
         self.shared.store.flush().await;
