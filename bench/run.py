@@ -416,7 +416,7 @@ def main():
     if args.quick:
         ok = all(v["non2xx"] == 0 and v["rps"] > 0 for c in results["throughput"].values()
                  for v in c.values())
-        print("bench smoke:", "1 passed, 0 failed" if ok else "0 passed, 1 failed")
+        print("bench: 1 passed, 0 failed" if ok else "bench: 0 passed, 1 failed")
         sys.exit(0 if ok else 1)
 
 

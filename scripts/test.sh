@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# The one test command. Installs what the tests need, then runs the same gate CI runs:
-# formatting, clippy with warnings denied, docs with warnings denied, and every test.
+# The one test command. Installs what the tests need by itself, then runs the same gate CI runs:
+# formatting, clippy with warnings denied, docs with warnings denied, every Rust test, the tests
+# against real peers (llama.cpp's llama-server with real models, Vast's official Python client and
+# PyWorker, the openai package), and the side-by-side benchmark's smoke mode.
+#
+# Real peers are installed by scripts/setup-peers.sh into ~/.cache/ferry (keyed by version and
+# CPU): the first run builds llama-server (about 10 minutes on 2 cores), later runs take seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -14,6 +19,13 @@ rustc --version
 step "cargo fmt --all --check"
 cargo fmt --all --check
 
+step "install the real peers (scripts/setup-peers.sh)"
+bash scripts/setup-peers.sh
+set -a
+# shellcheck disable=SC1091
+. "${FERRY_CACHE:-$HOME/.cache/ferry}/peers.env"
+set +a
+
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
@@ -22,3 +34,16 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+step "local provider with real processes (ferry control launching ferry worker + sim)"
+cargo build -p ferry --locked
+cargo test -p ferry-control --test it --locked -- --ignored
+
+step "ferry worker in front of a real llama-server (SmolLM2-135M and a tiny random model)"
+cargo test -p ferry-worker --test peers --locked -- --ignored
+
+step "Vast's official client and PyWorker, and the openai package, against ferry control"
+bash scripts/peer-tests.sh --build
+
+step "side-by-side benchmark, smoke mode (bench/run.sh --quick)"
+bash bench/run.sh --quick

@@ -86,19 +86,34 @@ impl Upstream {
     }
 
     /// POSTs a JSON body to a prepared URI.
+    ///
+    /// One retry, on a fresh connection, when a pooled keep-alive connection turns out to be
+    /// closed before any response byte came back: llama-server (cpp-httplib) closes the
+    /// connection right after every streamed response while advertising `Keep-Alive`, and a
+    /// request that takes that connection in the same instant would otherwise fail with a 502
+    /// although the server never saw it.
     pub async fn post_json_uri(
         &self,
         uri: Uri,
         body: Bytes,
     ) -> Result<Response<Incoming>, WorkerError> {
-        let req = Request::post(uri)
-            .header(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )
-            .body(Full::new(body))
-            .map_err(|e| WorkerError::Internal(format!("building upstream request: {e}")))?;
-        self.send(req).await
+        let request = |uri: Uri, body: Bytes| {
+            Request::post(uri)
+                .header(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )
+                .body(Full::new(body))
+                .map_err(|e| WorkerError::Internal(format!("building upstream request: {e}")))
+        };
+        match self.send_raw(request(uri.clone(), body.clone())?).await? {
+            Ok(res) => Ok(res),
+            Err(e) if closed_before_response(&e) => {
+                tracing::debug!(error = %e, "pooled model server connection was closed; retrying once on a new one");
+                self.send_raw(request(uri, body)?).await?.map_err(classify)
+            }
+            Err(e) => Err(classify(e)),
+        }
     }
 
     /// GETs a path (health checks), waiting for the headers.
@@ -116,19 +131,40 @@ impl Upstream {
         }
     }
 
-    async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Incoming>, WorkerError> {
-        match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
-            Err(_) => Err(WorkerError::UpstreamTimeout(
-                "the model server sent no response headers within the first-byte timeout",
-            )),
-            Ok(r) => r.map_err(classify),
-        }
+    /// Sends under the first-byte timeout; the inner result is the client's own.
+    async fn send_raw(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, WorkerError> {
+        tokio::time::timeout(self.first_byte_timeout, self.client.request(req))
+            .await
+            .map_err(|_| {
+                WorkerError::UpstreamTimeout(
+                    "the model server sent no response headers within the first-byte timeout",
+                )
+            })
     }
 
     /// Idle timeout between body chunks.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
+}
+
+/// The connection closed before the response began (hyper's "connection closed before message
+/// completed"): a keep-alive connection the server had just closed.
+fn closed_before_response(e: &hyper_util::client::legacy::Error) -> bool {
+    use std::error::Error as _;
+    let mut src = e.source();
+    while let Some(s) = src {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> WorkerError {

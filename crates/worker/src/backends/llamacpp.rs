@@ -22,7 +22,13 @@ pub(super) fn preset() -> Preset {
         unwrap_input: true,
         lines: LogLines {
             loaded: vec!["model loaded".into()],
-            error: vec!["failed to load model".into(), "error: ".into()],
+            // Vast's llama worker's list. Not "error: ": llama-server logs every rejected client
+            // request as `send_error: task id = N, error: ...`, which is no model failure.
+            error: vec![
+                "INFO exited: llama".into(),
+                "error loading model".into(),
+                "failed to load model".into(),
+            ],
             info: vec![],
         },
         benchmark: BenchmarkDef {
