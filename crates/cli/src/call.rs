@@ -27,7 +27,7 @@ pub(crate) fn usage_error(msg: impl std::fmt::Display) -> ! {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnArgs {
     /// Control plane base URL serving /route/ [env: FERRY_URL, then VAST_AUTOSCALER_URL;
-    /// default https://run.vast.ai].
+    /// default `https://run.vast.ai`].
     #[arg(long = "url", value_name = "URL")]
     pub route_url: Option<String>,
     /// Account API base URL, used to look up the endpoint key with --api-key.
