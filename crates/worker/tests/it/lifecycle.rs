@@ -136,10 +136,10 @@ async fn health_readiness_mode_needs_no_log() {
     w.stop().await;
 }
 
-#[tokio::test]
-async fn health_failure_is_reported_and_recovery_clears_it() {
+/// A control plane, a sim writing its log, and an openai-preset worker that became ready from it.
+async fn ready_openai_worker(tag: &str) -> (FakeControlPlane, SimServer, TestWorker) {
     let cp = FakeControlPlane::start().await;
-    let log = log_path("health");
+    let log = log_path(tag);
     let sim = SimServer::start(SimConfig {
         log_file: Some(log.clone()),
         ..SimConfig::default()
@@ -150,6 +150,12 @@ async fn health_failure_is_reported_and_recovery_clears_it() {
     flags.extend(quick_bench());
     let w = TestWorker::start(&cp.url, &sim.url(), &flags).await;
     w.wait_ready().await;
+    (cp, sim, w)
+}
+
+#[tokio::test]
+async fn health_failure_is_reported_and_recovery_clears_it() {
+    let (cp, sim, w) = ready_openai_worker("health").await;
     sim.state.set_healthy(false);
     eventually(|| async {
         cp.statuses()
@@ -164,18 +170,7 @@ async fn health_failure_is_reported_and_recovery_clears_it() {
 
 #[tokio::test]
 async fn error_line_then_loaded_line_recovers() {
-    let cp = FakeControlPlane::start().await;
-    let log = log_path("errline");
-    let sim = SimServer::start(SimConfig {
-        log_file: Some(log.clone()),
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    let mut flags = vec!["--preset", "openai", "--model-log", log.to_str().unwrap()];
-    flags.extend(quick_bench());
-    let w = TestWorker::start(&cp.url, &sim.url(), &flags).await;
-    w.wait_ready().await;
+    let (cp, sim, w) = ready_openai_worker("errline").await;
     sim.state
         .append_log("RuntimeError: Engine core died")
         .unwrap();
