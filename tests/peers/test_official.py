@@ -52,7 +52,8 @@ LAUNCHER = ROOT / "scripts" / "pyworker_launcher.py"
 REQUIREMENTS = ROOT / "scripts" / "peers-requirements.txt"
 KEY = "ferry-peer-test-account-key"
 TEST_TIMEOUT = float(os.environ.get("FERRY_PEER_TIMEOUT_S", "120"))
-STOP_LIMIT_S = 1.8  # below the --stop-grace-s 2 the tests give ferry control
+# What ferry control logs when an instance ignored SIGTERM for the whole stop grace.
+SIGKILL_MARK = "sending SIGKILL"
 PY = sys.executable
 
 # Fast simulated model with a small per-token delay, so requests are really in flight.
@@ -789,13 +790,14 @@ async def run_one(test, keep: bool) -> tuple[bool, float]:
         await cp.stop()
         stop_s = time.monotonic() - t2
         phases.append(f"stop {stop_s:.1f}")
-    if ok and stop_s > STOP_LIMIT_S:
-        # Idle workers exit within moments of SIGTERM when their last reports get through;
-        # needing the whole --stop-grace-s means they were left retrying and got SIGKILL.
+    control_log = cp.dir / "control.log"
+    if ok and control_log.exists() and SIGKILL_MARK in control_log.read_text(errors="ignore"):
+        # Idle workers exit on SIGTERM once their last reports get through; a SIGKILL after the
+        # whole --stop-grace-s means they were left retrying (a behaviour check, not a timing one).
         ok = False
         err += (
-            f"`ferry control` took {stop_s:.1f} s to stop (limit {STOP_LIMIT_S} s, "
-            "--stop-grace-s 2): its workers did not exit on SIGTERM\n"
+            f"`ferry control` had to SIGKILL its workers after the stop grace ({stop_s:.1f} s "
+            "to stop): they did not exit on SIGTERM\n"
         )
     if cp.leftovers:
         ok = False

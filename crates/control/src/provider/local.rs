@@ -325,6 +325,10 @@ async fn terminate(child: &mut Child, grace: Duration) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "process group did not exit within the grace after SIGTERM; sending SIGKILL"
+        );
         if let Some(pid) = pgid {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
