@@ -664,6 +664,36 @@ pub(crate) fn to_payload<P: Serialize + ?Sized>(payload: &P) -> Result<Value, Er
     })
 }
 
+/// One request that reads the whole answer (shared by endpoints and sessions).
+pub(crate) async fn execute_full<P: Serialize + ?Sized>(
+    endpoint: &Endpoint,
+    target: Target<'_>,
+    route: &str,
+    payload: &P,
+    opts: &RequestOptions,
+) -> Result<Response, Error> {
+    let payload = to_payload(payload)?;
+    match execute(endpoint, target, route, &payload, opts, false).await? {
+        Outcome::Full(r) => Ok(r),
+        Outcome::Streaming(_) => Err(Error::Config("internal: unexpected stream".into())),
+    }
+}
+
+/// One request that returns once the answer's headers arrive (shared by endpoints and sessions).
+pub(crate) async fn execute_stream<P: Serialize + ?Sized>(
+    endpoint: &Endpoint,
+    target: Target<'_>,
+    route: &str,
+    payload: &P,
+    opts: &RequestOptions,
+) -> Result<StreamingResponse, Error> {
+    let payload = to_payload(payload)?;
+    match execute(endpoint, target, route, &payload, opts, true).await? {
+        Outcome::Streaming(r) => Ok(r),
+        Outcome::Full(_) => Err(Error::Config("internal: unexpected full body".into())),
+    }
+}
+
 impl Endpoint {
     /// Sends `payload` to the endpoint's worker route `route` (e.g. `"/v1/completions"`) and
     /// reads the whole answer. Non-2xx answers are errors ([`Error::WorkerError`]).
@@ -673,11 +703,7 @@ impl Endpoint {
         payload: &P,
         opts: &RequestOptions,
     ) -> Result<Response, Error> {
-        let payload = to_payload(payload)?;
-        match execute(self, Target::Endpoint, route, &payload, opts, false).await? {
-            Outcome::Full(r) => Ok(r),
-            Outcome::Streaming(_) => Err(Error::Config("internal: unexpected stream".into())),
-        }
+        execute_full(self, Target::Endpoint, route, payload, opts).await
     }
 
     /// Like [`Endpoint::request`], returning as soon as the answer's headers arrive; read the
@@ -689,11 +715,7 @@ impl Endpoint {
         payload: &P,
         opts: &RequestOptions,
     ) -> Result<StreamingResponse, Error> {
-        let payload = to_payload(payload)?;
-        match execute(self, Target::Endpoint, route, &payload, opts, true).await? {
-            Outcome::Streaming(r) => Ok(r),
-            Outcome::Full(_) => Err(Error::Config("internal: unexpected full body".into())),
-        }
+        execute_stream(self, Target::Endpoint, route, payload, opts).await
     }
 }
 

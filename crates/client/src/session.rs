@@ -15,7 +15,8 @@ use serde_json::Value;
 use crate::client::Endpoint;
 use crate::error::{excerpt, Error};
 use crate::request::{
-    execute, to_payload, Outcome, RequestOptions, Response, StreamingResponse, Target,
+    execute, execute_full, execute_stream, to_payload, Outcome, RequestOptions, Response,
+    StreamingResponse, Target,
 };
 
 /// Timeout of `/session/create`, `/session/get`, `/session/health` and `/session/end` (Vast: 10 s).
@@ -170,11 +171,7 @@ impl Session {
         payload: &P,
         opts: &RequestOptions,
     ) -> Result<Response, Error> {
-        let payload = to_payload(payload)?;
-        match execute(&self.endpoint, self.target(), route, &payload, opts, false).await? {
-            Outcome::Full(r) => Ok(r),
-            Outcome::Streaming(_) => Err(Error::Config("internal: unexpected stream".into())),
-        }
+        execute_full(&self.endpoint, self.target(), route, payload, opts).await
     }
 
     /// Sends a request inside the session and returns once the headers arrive.
@@ -184,11 +181,7 @@ impl Session {
         payload: &P,
         opts: &RequestOptions,
     ) -> Result<StreamingResponse, Error> {
-        let payload = to_payload(payload)?;
-        match execute(&self.endpoint, self.target(), route, &payload, opts, true).await? {
-            Outcome::Streaming(r) => Ok(r),
-            Outcome::Full(_) => Err(Error::Config("internal: unexpected full body".into())),
-        }
+        execute_stream(&self.endpoint, self.target(), route, payload, opts).await
     }
 
     /// `/session/get`: the worker's view of the session.
