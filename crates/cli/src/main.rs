@@ -10,7 +10,7 @@ mod call;
 mod demo;
 
 use anyhow::Context as _;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 
 /// Ferry: a fast, sturdy serverless inference stack compatible with Vast.ai Serverless.
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    init_tracing(cli.log_format, default_level);
+    ferry_worker::cli::init_tracing(matches!(cli.log_format, LogFormat::Json), default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,14 +91,28 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Worker(_) => run_worker(matches.subcommand_matches("worker")).await,
+            Command::Worker(_) => match matches.subcommand_matches("worker") {
+                Some(m) => ferry_worker::cli::run(m, ferry_worker::cli::shutdown_signal())
+                    .await
+                    .map_err(|e| match e {
+                        ferry_worker::cli::CliError::Config(c) => Failure::Config(c),
+                        ferry_worker::cli::CliError::Runtime(r) => {
+                            Failure::Runtime(anyhow::anyhow!(r))
+                        }
+                    }),
+                None => Err(Failure::Runtime(anyhow::anyhow!(
+                    "worker arguments missing"
+                ))),
+            },
             Command::SimModel(args) => run_sim(args).await,
-            Command::Control(args) => ferry_control::run_cli(*args, shutdown_signal())
-                .await
-                .map_err(|e| match e {
-                    ferry_control::RunError::Config(c) => Failure::Config(c.to_string()),
-                    other => Failure::Runtime(anyhow::anyhow!(other)),
-                }),
+            Command::Control(args) => {
+                ferry_control::run_cli(*args, ferry_worker::cli::shutdown_signal())
+                    .await
+                    .map_err(|e| match e {
+                        ferry_control::RunError::Config(c) => Failure::Config(c.to_string()),
+                        other => Failure::Runtime(anyhow::anyhow!(other)),
+                    })
+            }
             Command::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
             Command::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
             Command::Demo(args) => demo::run(*args).await.map_err(Failure::Runtime),
@@ -128,72 +142,14 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn init_tracing(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn run_worker(matches: Option<&ArgMatches>) -> Result<(), Failure> {
-    let matches =
-        matches.ok_or_else(|| Failure::Runtime(anyhow::anyhow!("worker arguments missing")))?;
-    let (args, presets) = ferry_worker::WorkerArgs::from_matches(matches)
-        .map_err(|e| Failure::Config(e.to_string()))?;
-    let settings = args
-        .validate(&presets)
-        .map_err(|e| Failure::Config(e.to_string()))?;
-    let listeners = ferry_worker::Listeners::bind(&settings)
-        .await
-        .with_context(|| format!("binding {}", settings.listen))?;
-    let worker = ferry_worker::Worker::new(settings).context("starting the worker")?;
-    worker
-        .run_with(listeners, shutdown_signal())
-        .await
-        .context("serving")?;
-    Ok(())
-}
-
 async fn run_sim(args: SimModelArgs) -> Result<(), Failure> {
     let listener = TcpListener::bind(&args.listen)
         .await
         .map_err(|e| Failure::Config(format!("--listen {}: {e}", args.listen)))?;
     tracing::info!(listen = %args.listen, "ferry sim-model serving");
     let state = ferry_sim::SimState::new(args.config);
-    ferry_sim::run(listener, state, shutdown_signal())
+    ferry_sim::run(listener, state, ferry_worker::cli::shutdown_signal())
         .await
         .context("sim-model")?;
     Ok(())
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutdown signal received");
 }

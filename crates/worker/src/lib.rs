@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod backends;
 pub mod benchmark;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod forward;
