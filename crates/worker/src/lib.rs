@@ -172,6 +172,7 @@ impl Worker {
                 cancel.child_token(),
             ));
         }
+        tasks.spawn(telemetry::upkeep(cancel.child_token()));
         let reporter = report::Reporter::new(self.http.clone(), &settings, state.tracker().clone());
         tasks.spawn(reporter.clone().status_loop(cancel.child_token()));
         tasks.spawn(reporter.clone().finished_loop(cancel.child_token()));

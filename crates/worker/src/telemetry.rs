@@ -2,11 +2,12 @@
 //! outcome so the log line and the counter cannot drift apart.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::forward::RelayObserver;
 use crate::load::Outcome;
@@ -43,6 +44,29 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             }
         })
         .as_ref()
+}
+
+/// How often pending histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Folds pending histogram samples into their buckets every second until `cancel` fires.
+///
+/// The recorder keeps every histogram sample until a scrape or an upkeep drains it. On Vast
+/// nobody scrapes `/metrics`, so without this loop the worker's memory grew with every request
+/// for as long as it ran (two f64 samples plus allocator overhead: about 4 MiB per 90,000
+/// requests in the benchmark; with it, peak RSS stays flat).
+pub async fn upkeep(cancel: CancellationToken) {
+    let Some(handle) = handle() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(UPKEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
+        }
+    }
 }
 
 /// A request ended before or without a relayed body (refused, failed upstream).
