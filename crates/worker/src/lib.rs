@@ -258,7 +258,10 @@ impl Worker {
             }
         });
 
+        // Biased: on shutdown the server's graceful stop may finish in the same poll; that must
+        // still take the draining path below (final reports), not the accept-failure one.
         tokio::select! {
+            biased;
             _ = stop.cancelled() => {}
             r = &mut server => {
                 // The server stopped on its own: an accept-loop failure.
