@@ -1,6 +1,6 @@
 //! `ferry`: the command-line front over Ferry's libraries.
 //!
-//! Subcommands: `worker` (the PyWorker replacement) and `sim-model` (the simulated model server).
+//! Subcommands: `worker` (the PyWorker replacement), `control`, `call`, `bench`, `demo` and `sim-model`.
 //! Exit codes: 0 ok, 1 runtime failure, 64 bad configuration or arguments.
 
 use std::process::ExitCode;
@@ -35,6 +35,13 @@ enum LogFormat {
 enum Command {
     /// Run the worker in front of a model server (drop-in for Vast's PyWorker).
     Worker(Box<ferry_worker::WorkerArgs>),
+    #[command(flatten)]
+    OnRuntime(OnRuntime),
+}
+
+/// The commands that share one multi-threaded runtime (the worker builds its own).
+#[derive(Subcommand, Debug)]
+enum OnRuntime {
     /// Run the simulated model server (OpenAI, TGI, llama.cpp, ComfyUI dialects).
     SimModel(SimModelArgs),
     /// Run the self-hosted control plane (router, queue, autoscaler, endpoint API).
@@ -75,49 +82,15 @@ fn main() -> ExitCode {
     };
     // The demo's terminal output is the show; its components only log warnings unless asked.
     let default_level = match cli.command {
-        Command::Demo(_) => "warn",
+        Command::OnRuntime(OnRuntime::Demo(_)) => "warn",
         _ => "info",
     };
     ferry_worker::cli::init_tracing(matches!(cli.log_format, LogFormat::Json), default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+    let result = match cli.command {
+        // The worker builds its own runtime from its settings (one thread by default).
+        Command::Worker(_) => run_worker(&matches),
+        Command::OnRuntime(command) => run_on_runtime(command),
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Worker(_) => match matches.subcommand_matches("worker") {
-                Some(m) => ferry_worker::cli::run(m, ferry_worker::cli::shutdown_signal())
-                    .await
-                    .map_err(|e| match e {
-                        ferry_worker::cli::CliError::Config(c) => Failure::Config(c),
-                        ferry_worker::cli::CliError::Runtime(r) => {
-                            Failure::Runtime(anyhow::anyhow!(r))
-                        }
-                    }),
-                None => Err(Failure::Runtime(anyhow::anyhow!(
-                    "worker arguments missing"
-                ))),
-            },
-            Command::SimModel(args) => run_sim(args).await,
-            Command::Control(args) => {
-                ferry_control::run_cli(*args, ferry_worker::cli::shutdown_signal())
-                    .await
-                    .map_err(|e| match e {
-                        ferry_control::RunError::Config(c) => Failure::Config(c.to_string()),
-                        other => Failure::Runtime(anyhow::anyhow!(other)),
-                    })
-            }
-            Command::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
-            Command::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
-            Command::Demo(args) => demo::run(*args).await.map_err(Failure::Runtime),
-        }
-    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(msg)) => {
@@ -129,6 +102,39 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn run_worker(matches: &clap::ArgMatches) -> Result<(), Failure> {
+    let matches = matches
+        .subcommand_matches("worker")
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("worker arguments missing")))?;
+    ferry_worker::cli::run(matches).map_err(|e| match e {
+        ferry_worker::cli::CliError::Config(msg) => Failure::Config(msg),
+        ferry_worker::cli::CliError::Runtime(msg) => Failure::Runtime(anyhow::anyhow!(msg)),
+    })
+}
+
+fn run_on_runtime(command: OnRuntime) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match command {
+            OnRuntime::SimModel(args) => run_sim(args).await,
+            OnRuntime::Control(args) => {
+                ferry_control::run_cli(*args, ferry_worker::cli::shutdown_signal())
+                    .await
+                    .map_err(|e| match e {
+                        ferry_control::RunError::Config(c) => Failure::Config(c.to_string()),
+                        other => Failure::Runtime(anyhow::anyhow!(other)),
+                    })
+            }
+            OnRuntime::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
+            OnRuntime::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
+            OnRuntime::Demo(args) => demo::run(*args).await.map_err(Failure::Runtime),
+        }
+    })
 }
 
 enum Failure {

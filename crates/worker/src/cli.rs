@@ -3,8 +3,6 @@
 //! Both parse the same flags (see [`WorkerArgs`]), log the same way and exit with the same codes:
 //! 0 after a clean shutdown, 64 ([`crate::EXIT_CONFIG`]) for bad configuration, 1 for a runtime failure.
 
-use std::future::Future;
-
 use clap::ArgMatches;
 
 use crate::{Listeners, Worker, WorkerArgs};
@@ -20,25 +18,44 @@ pub enum CliError {
     Runtime(String),
 }
 
-/// Runs the worker from parsed `worker` arguments until `shutdown` resolves.
-pub async fn run(
-    matches: &ArgMatches,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), CliError> {
+/// Runs the worker from parsed `worker` arguments until SIGINT or SIGTERM, on a runtime of
+/// [`Settings::threads`](crate::Settings::threads) threads.
+pub fn run(matches: &ArgMatches) -> Result<(), CliError> {
     let (args, presets) =
         WorkerArgs::from_matches(matches).map_err(|e| CliError::Config(e.to_string()))?;
     let settings = args
         .validate(&presets)
         .map_err(|e| CliError::Config(e.to_string()))?;
-    let listeners = Listeners::bind(&settings)
-        .await
-        .map_err(|e| CliError::Runtime(format!("binding {}: {e}", settings.listen)))?;
-    let worker = Worker::new(settings)
-        .map_err(|e| CliError::Runtime(format!("starting the worker: {e}")))?;
-    worker
-        .run_with(listeners, shutdown)
-        .await
-        .map_err(|e| CliError::Runtime(format!("serving: {e}")))
+    let runtime = runtime(settings.threads)
+        .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listeners = Listeners::bind(&settings)
+            .await
+            .map_err(|e| CliError::Runtime(format!("binding {}: {e}", settings.listen)))?;
+        let worker = Worker::new(settings)
+            .map_err(|e| CliError::Runtime(format!("starting the worker: {e}")))?;
+        worker
+            .run_with(listeners, shutdown_signal())
+            .await
+            .map_err(|e| CliError::Runtime(format!("serving: {e}")))
+    })
+}
+
+/// The worker's runtime: one thread by default, since the worker waits on sockets far more than
+/// it computes and a single thread saves the cross-thread wake-ups of a work-stealing pool
+/// (lower CPU per request, latency and memory in `bench/`); N > 1 threads for CPU-heavy hooks or
+/// TLS-heavy traffic; 0 for one per core.
+pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
+    builder.enable_all().build()
 }
 
 /// Resolves on the first SIGINT or SIGTERM (Vast stops instances with SIGTERM).

@@ -198,6 +198,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "FERRY_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
 
+    /// Threads serving requests: 1 runs everything on one thread (no cross-thread wake-ups),
+    /// N > 1 a work-stealing pool of N, 0 one per core.
+    #[arg(long, env = "FERRY_WORKER_THREADS", default_value = "1")]
+    pub threads: Option<usize>,
+
     /// File created by `POST /pyworker/update` for the instance's supervisor.
     #[arg(
         long,
@@ -298,6 +303,8 @@ pub struct Settings {
     pub health_interval: Duration,
     pub log_poll: Duration,
     pub max_sessions: usize,
+    /// Runtime threads (see [`WorkerArgs::threads`]); 0 means one per core.
+    pub threads: usize,
     /// Side listener address (`/session/end` over plain HTTP), if any.
     pub side_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
@@ -612,6 +619,7 @@ impl WorkerArgs {
             },
             shutdown_grace: Duration::from_secs(self.shutdown_grace_s.unwrap_or(30)),
             session_gc: nonzero_ms(self.session_gc_ms, "FERRY_SESSION_GC_MS")?,
+            threads: self.threads.unwrap_or(1),
         })
     }
 }

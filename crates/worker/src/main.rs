@@ -34,17 +34,7 @@ fn main() -> ExitCode {
     };
     let json = matches.get_one::<String>("log_format").map(String::as_str) == Some("json");
     cli::init_tracing(json, "info");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ferry-worker: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match runtime.block_on(cli::run(&matches, cli::shutdown_signal())) {
+    match cli::run(&matches) {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Config(msg)) => {
             eprintln!("ferry-worker: {msg}");

@@ -51,6 +51,16 @@ fn bad_configuration_is_one_line_and_exit_64() {
 
 #[tokio::test]
 async fn serves_a_signed_request_and_exits_cleanly_on_sigterm() {
+    serve_and_stop("1").await;
+}
+
+#[tokio::test]
+async fn serves_on_a_thread_pool_too() {
+    serve_and_stop("2").await;
+}
+
+/// One signed request through the binary on `threads` runtime threads, then SIGTERM.
+async fn serve_and_stop(threads: &str) {
     let cp = FakeControlPlane::start().await;
     let sim = SimServer::start(SimConfig::default()).await.unwrap();
     let port = free_port();
@@ -68,6 +78,7 @@ async fn serves_a_signed_request_and_exits_cleanly_on_sigterm() {
         .env("BACKEND", "openai")
         .env("FERRY_ASSUME_LOADED_PERF", "100")
         .env("FERRY_LOG_FORMAT", "json")
+        .env("FERRY_WORKER_THREADS", threads)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
