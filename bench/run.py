@@ -81,6 +81,9 @@ class Env:
         self.tmp = Path(tempfile.mkdtemp(prefix="ferry-bench-"))
         self.procs: list[subprocess.Popen] = []
         self.ferry = str(Path(args.ferry).resolve())
+        # The lean worker binary when given (what an instance image ships), else `ferry worker`.
+        self.worker_cmd = ([str(Path(args.worker_bin).resolve())] if args.worker_bin
+                           else [self.ferry, "worker"])
         self.py = args.python
         self.key_pem, self.pub_pem = self.make_key()
         self.cp_port = free_port()
@@ -149,6 +152,24 @@ class Env:
         wait_port(port)
         return port, log
 
+    def start_nginx(self, model_port: int):
+        """A bare nginx reverse proxy in front of the sim (keep-alive upstream, no logging), as a
+        reference for what any out-of-process proxy costs here. None when nginx is not installed."""
+        nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if not nginx:
+            print("bench: nginx not found; the reference-proxy row is skipped "
+                  "(apt-get install nginx-light to include it)", file=sys.stderr)
+            return None
+        port = free_port()
+        prefix = self.tmp / "nginx"
+        prefix.mkdir(exist_ok=True)
+        conf = prefix / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(prefix=prefix, port=port, model_port=model_port))
+        p = self.spawn([nginx, "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")],
+                       log=prefix / "out.log")
+        wait_port(port)
+        return p, port
+
     def worker_env(self, port: int, secured: bool, workdir: Path) -> dict:
         workdir.mkdir(parents=True, exist_ok=True)
         return {
@@ -178,7 +199,7 @@ class Env:
             "FERRY_BENCHMARK_PAYLOAD": json.dumps(PAYLOAD),
             "FERRY_LOG": "warn",
         })
-        p = self.spawn([self.ferry, "worker"], env=env, log=work / "worker.log", cwd=work)
+        p = self.spawn(self.worker_cmd, env=env, log=work / "worker.log", cwd=work)
         return p, port
 
     def start_pyworker(self, name, model_port, model_log, secured) -> tuple[subprocess.Popen, int]:
@@ -204,6 +225,25 @@ class Env:
             time.sleep(0.01)
         raise RuntimeError(f"{url} did not report ready within {timeout}s")
 
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  upstream sim {{ server 127.0.0.1:{model_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://sim;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
 
 WRK_LUA = """
 counter = 0
@@ -287,7 +327,10 @@ def median(xs):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ferry", default=str(ROOT / "target/release/ferry"))
+    ap.add_argument("--worker-bin", help="the ferry-worker binary (default: `ferry worker`)")
     ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--rate-seconds", type=float, default=10.0,
+                    help="length of each fixed-rate run (p99 needs samples)")
     ap.add_argument("--quick", action="store_true", help="smoke mode: tiny runs, checks only that it works")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
@@ -299,6 +342,7 @@ def main():
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.concurrency, args.starts = 1.0, 1, "8", 1
+        args.rate_seconds = 1.0
 
     env = Env(args)
     results: dict = {"machine": machine(), "args": vars(args), "date": time.strftime("%Y-%m-%d")}
@@ -326,8 +370,11 @@ def main():
         results["startup_s"] = {k: median(v) for k, v in startup.items()}
         results["ready_after_loaded_line_s"] = {k: median(v) for k, v in ready.items()}
 
-        # The measured workers, all in front of the same zero-delay sim.
+        # The measured targets, all in front of the same zero-delay sim.
         targets = [{"name": "direct", "mode": "direct", "port": sim_port}]
+        ng = env.start_nginx(sim_port)
+        if ng:
+            targets.append({"name": "nginx", "mode": "direct", "port": ng[1], "pid": ng[0].pid})
         for kind in ("ferry", "pyworker"):
             for secured in (False, True):
                 name = f"{kind}-{'sec' if secured else 'unsec'}"
@@ -337,10 +384,36 @@ def main():
                 env.wait_ready(url)
                 t = {"name": name, "mode": "worker", "port": port, "pid": p.pid, "url": url,
                      "sig": env.sign(url) if secured else "x"}
-                t["rss_ready_kib"] = proc_mem_kib(p.pid, "VmRSS")
                 targets.append(t)
+        for t in targets:
+            if t.get("pid"):
+                t["rss_ready_kib"] = proc_mem_kib(t["pid"], "VmRSS")
         names = [t["name"] for t in targets]
         by_name = {t["name"]: t for t in targets}
+
+        # Fixed-rate latency first, on fresh processes, so that their peak RSS afterwards is the
+        # memory at the same offered load.
+        fixed = {n: [] for n in names}
+        for order in orders(names, args.rounds):
+            for n in order:
+                r = ferry_bench(env, by_name[n], ["--rate", str(args.rate), "--duration",
+                                                  f"{args.rate_seconds:g}s", "-p", json.dumps(PAYLOAD)])
+                fixed[n].append(r)
+        results["fixed_rate"] = {}
+        for n, rs in fixed.items():
+            entry = {"p50_ms": median([latency(r, "p50") for r in rs]),
+                     "p99_ms": median([latency(r, "p99") for r in rs]),
+                     "errors": sum(errors(r) for r in rs)}
+            if n != "direct":
+                # Paired with the direct run of the same round, so drift within a round cancels.
+                d50 = [latency(r, "p50") - latency(d, "p50") for r, d in zip(rs, fixed["direct"])]
+                d99 = [latency(r, "p99") - latency(d, "p99") for r, d in zip(rs, fixed["direct"])]
+                entry.update(added_p50_ms=median(d50), added_p99_ms=median(d99),
+                             added_p99_min_ms=min(d99), added_p99_max_ms=max(d99))
+            results["fixed_rate"][n] = entry
+        for t in targets:
+            if t.get("pid"):
+                t["peak_equal_load_kib"] = proc_mem_kib(t["pid"], "VmHWM")
 
         throughput = {}
         for conc in [int(c) for c in args.concurrency.split(",")]:
@@ -361,20 +434,11 @@ def main():
                 for n, rs in runs.items()
             }
         results["throughput"] = throughput
-
-        # Fixed-rate latency, then streams, with ferry bench.
-        rate_secs = max(1.0, args.seconds)
-        fixed = {n: [] for n in names}
-        for order in orders(names, args.rounds):
-            for n in order:
-                r = ferry_bench(env, by_name[n], ["--rate", str(args.rate), "--duration",
-                                                  f"{rate_secs:g}s", "-p", json.dumps(PAYLOAD)])
-                fixed[n].append(r)
-        results["fixed_rate"] = {
-            n: {"p50_ms": median([latency(r, "p50") for r in rs]),
-                "p99_ms": median([latency(r, "p99") for r in rs]),
-                "errors": sum(errors(r) for r in rs)}
-            for n, rs in fixed.items()
+        results["memory_kib"] = {
+            t["name"]: {"rss_at_ready": t["rss_ready_kib"],
+                        "peak_equal_load": t["peak_equal_load_kib"],
+                        "peak": proc_mem_kib(t["pid"], "VmHWM")}
+            for t in targets if t.get("pid")
         }
 
         stream_port, stream_log = env.start_sim("stream", ["--token-delay-ms", "5"])
@@ -389,7 +453,7 @@ def main():
         for order in orders([t["name"] for t in stream_targets], args.rounds):
             for n in order:
                 t = next(x for x in stream_targets if x["name"] == n)
-                streams[n].append(ferry_bench(env, t, ["-c", "32", "--duration", f"{rate_secs:g}s",
+                streams[n].append(ferry_bench(env, t, ["-c", "32", "--duration", f"{args.seconds:g}s",
                                                        "-p", sbody, "--stream"]))
         results["streams"] = {
             n: {"ttft_p50_ms": median([stream_stat(r, "ttft", "p50") for r in rs]),
@@ -400,10 +464,6 @@ def main():
             for n, rs in streams.items()
         }
 
-        results["memory_kib"] = {
-            t["name"]: {"rss_at_ready": t["rss_ready_kib"], "peak": proc_mem_kib(t["pid"], "VmHWM")}
-            for t in targets if t.get("pid")
-        }
     finally:
         env.close()
 
@@ -456,6 +516,7 @@ def fmt(v, digits=1):
 def report(res: dict) -> str:
     lines = [f"Machine: {res['machine']['cpu']}, {res['machine']['cores']} cores, "
              f"kernel {res['machine']['kernel']}; date {res['date']}.", ""]
+    has_nginx = any("nginx" in row for row in res["throughput"].values())
     lines += ["### Max throughput (wrk -t1, closed loop; medians of interleaved rounds)", "",
               "| concurrency | direct req/s | Ferry unsec | PyWorker unsec | Ferry / PyWorker (unsec) | Ferry / direct (unsec) | Ferry sec | PyWorker sec | Ferry / PyWorker (sec) | Ferry / direct (sec) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
@@ -465,7 +526,16 @@ def report(res: dict) -> str:
         fs, ps = row["ferry-sec"]["rps"], row["pyworker-sec"]["rps"]
         lines.append(f"| {conc} | {fmt(d, 0)} | {fmt(fu, 0)} | {fmt(pu, 0)} | {ratio(fu, pu)} | "
                      f"{ratio(fu, d)} | {fmt(fs, 0)} | {fmt(ps, 0)} | {ratio(fs, ps)} | {ratio(fs, d)} |")
-    lines += ["", "### Latency and CPU (wrk; p50 / p99 in ms, worker CPU µs per request)", "",
+    if has_nginx:
+        lines += ["", "Reference: a bare nginx reverse proxy (keep-alive upstream, no auth, no JSON, "
+                  "no accounting) in front of the same sim.", "",
+                  "| concurrency | direct req/s | nginx req/s | nginx / direct | Ferry unsec / nginx | Ferry sec / nginx |",
+                  "|---|---|---|---|---|---|"]
+        for conc, row in res["throughput"].items():
+            d, n = row["direct"]["rps"], row["nginx"]["rps"]
+            lines.append(f"| {conc} | {fmt(d, 0)} | {fmt(n, 0)} | {ratio(n, d)} | "
+                         f"{ratio(row['ferry-unsec']['rps'], n)} | {ratio(row['ferry-sec']['rps'], n)} |")
+    lines += ["", "### Latency and CPU (wrk; p50 / p99 in ms, process CPU µs per request)", "",
               "| concurrency | target | p50 | p99 | CPU µs/req | non-2xx |", "|---|---|---|---|---|---|"]
     for conc, row in res["throughput"].items():
         for n, v in row.items():
@@ -473,13 +543,19 @@ def report(res: dict) -> str:
                          f"{fmt(v['cpu_us_per_req'], 0)} | {v['non2xx']} |")
     fr = res.get("fixed_rate", {})
     if fr:
-        d = fr["direct"]
-        lines += ["", f"### Added latency at a fixed {res['args']['rate']:.0f} req/s (ferry bench --rate; ms)", "",
-                  "| target | p50 | p99 | added p50 vs direct | added p99 vs direct | errors |", "|---|---|---|---|---|---|"]
+        secs = res["args"].get("rate_seconds", res["args"]["seconds"])
+        lines += ["", f"### Added latency at a fixed {res['args']['rate']:.0f} req/s "
+                  f"(ferry bench --rate, {secs:g} s per run; ms)", "",
+                  "Added = target minus the direct run of the same round, median over rounds "
+                  "(min–max in brackets).", "",
+                  "| target | p50 | p99 | added p50 | added p99 | errors |", "|---|---|---|---|---|---|"]
         for n, v in fr.items():
-            ap50 = None if v["p50_ms"] is None or d["p50_ms"] is None else v["p50_ms"] - d["p50_ms"]
-            ap99 = None if v["p99_ms"] is None or d["p99_ms"] is None else v["p99_ms"] - d["p99_ms"]
-            lines.append(f"| {n} | {fmt(v['p50_ms'], 3)} | {fmt(v['p99_ms'], 3)} | {fmt(ap50, 3)} | {fmt(ap99, 3)} | {v['errors']} |")
+            if n == "direct":
+                lines.append(f"| {n} | {fmt(v['p50_ms'], 3)} | {fmt(v['p99_ms'], 3)} | – | – | {v['errors']} |")
+                continue
+            spread = f" [{fmt(v['added_p99_min_ms'], 2)} – {fmt(v['added_p99_max_ms'], 2)}]"
+            lines.append(f"| {n} | {fmt(v['p50_ms'], 3)} | {fmt(v['p99_ms'], 3)} | "
+                         f"{fmt(v['added_p50_ms'], 3)} | {fmt(v['added_p99_ms'], 3)}{spread} | {v['errors']} |")
     st = res.get("streams", {})
     if st:
         lines += ["", "### Streams: 16 SSE tokens 5 ms apart, 32 concurrent (ms)", "",
@@ -489,9 +565,16 @@ def report(res: dict) -> str:
                          f"{fmt(v['itl_p50_ms'], 2)} | {fmt(v['itl_p99_ms'], 2)} | {fmt(v['rps'], 0)} |")
     mem = res.get("memory_kib", {})
     if mem:
-        lines += ["", "### Memory (KiB)", "", "| worker | RSS at ready | peak RSS (VmHWM) |", "|---|---|---|"]
+        lines += ["", "### Memory (KiB; VmRSS / VmHWM of the process)", "",
+                  f"| process | RSS at ready | peak after the {res['args']['rate']:.0f} req/s runs "
+                  "(same offered load) | peak after the max-throughput runs |", "|---|---|---|---|"]
         for n, v in mem.items():
-            lines.append(f"| {n} | {v['rss_at_ready']:,} | {v['peak']:,} |")
+            lines.append(f"| {n} | {v['rss_at_ready']:,} | {v['peak_equal_load']:,} | {v['peak']:,} |")
+        for sec in ("unsec", "sec"):
+            f, p = mem.get(f"ferry-{sec}"), mem.get(f"pyworker-{sec}")
+            if f and p:
+                lines.append(f"| Ferry / PyWorker ({sec}) | {ratio(f['rss_at_ready'], p['rss_at_ready'])} | "
+                             f"{ratio(f['peak_equal_load'], p['peak_equal_load'])} | {ratio(f['peak'], p['peak'])} |")
     lines += ["", "### Start-up and readiness (secured, benchmark not cached; medians)", "",
               "| figure | Ferry | PyWorker | ratio |", "|---|---|---|---|"]
     su, rd = res["startup_s"], res["ready_after_loaded_line_s"]

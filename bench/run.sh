@@ -26,11 +26,11 @@ fi
 . "$peers_env"
 
 if [ "$quick" = 1 ]; then
-  cargo build -p ferry --quiet
-  ferry_bin=target/debug/ferry
+  cargo build -p ferry -p ferry-worker --quiet
+  ferry_bin=target/debug/ferry; worker_bin=target/debug/ferry-worker
 else
-  cargo build -p ferry --release --quiet
-  ferry_bin=target/release/ferry
+  cargo build -p ferry -p ferry-worker --release --quiet
+  ferry_bin=target/release/ferry; worker_bin=target/release/ferry-worker
 fi
 
-exec "$FERRY_PY" bench/run.py --ferry "$ferry_bin" --python "$FERRY_PY" "$@"
+exec "$FERRY_PY" bench/run.py --ferry "$ferry_bin" --worker-bin "$worker_bin" --python "$FERRY_PY" "$@"
