@@ -178,10 +178,11 @@ impl Control {
             }
         };
         let _ = telemetry::handle();
-        let inner = restore(&loaded, &store)?;
+        let mut inner = restore(&loaded, &store)?;
         let pubkey_pem = key.public_key().to_pem();
         let (tx, rx) = mpsc::channel(1024);
         provider.subscribe(tx);
+        adopt_instances(&mut inner, provider.as_ref(), &store).await;
         store.flush().await;
         Ok(Control {
             shared: Arc::new(Shared {
@@ -375,6 +376,38 @@ impl Inner {
             load_rate,
             since_last_request,
         })
+    }
+}
+
+/// Takes back the instances that outlived the previous run (a crash leaves them serving). A
+/// worker the store counts as up whose instance is gone is recorded as stopped: cold, so the
+/// autoscaler resumes it from its disk when it is needed.
+async fn adopt_instances(inner: &mut Inner, provider: &dyn Provider, store: &Store) {
+    let up: Vec<i64> = inner
+        .workers
+        .values()
+        .filter(|w| w.state.is_coming())
+        .map(|w| w.id)
+        .collect();
+    let Some(adopted) = provider.adopt(up.clone()).await else {
+        return;
+    };
+    for id in up.iter().filter(|id| !adopted.contains(id)) {
+        if let Some(w) = inner.workers.get_mut(id) {
+            tracing::warn!(
+                worker = id,
+                "instance not running after the restart; now stopped"
+            );
+            w.set_state(WorkerState::Stopped, 0.0);
+            store.put_json(kind::WORKER, w.id, &*w);
+        }
+    }
+    if !up.is_empty() {
+        tracing::info!(
+            adopted = adopted.len(),
+            lost = up.len() - adopted.len(),
+            "instances after restart"
+        );
     }
 }
 

@@ -21,11 +21,19 @@
 //! (shell-quoted), and also sees `MODEL_PORT` and `MODEL_LOG`.
 //!
 //! Stopping sends SIGTERM to both process groups, then SIGKILL after the grace period. Every
-//! child is `kill_on_drop`, and [`Provider::shutdown`] stops all instances, so no process
-//! outlives the control plane. If either process exits on its own, the other is stopped and
-//! the control plane hears [`ProviderEvent::Exited`].
+//! child is `kill_on_drop`, and [`Provider::shutdown`] stops all instances. If either process
+//! exits on its own, the other is stopped and the control plane hears [`ProviderEvent::Exited`].
+//!
+//! The instances outlive a control plane that crashes (SIGKILL, OOM): it must not take the
+//! fleet down with it. Each instance's processes are recorded in `pids.json` (pid and start
+//! time, so a recycled pid is never mistaken for them) as soon as they are spawned, and on the
+//! next start [`Provider::adopt`] takes back the ones the store still counts as up: they keep
+//! serving and reporting, and stop, resume, delete and shutdown reach them again. Any other
+//! instance process it finds (a record deleted or stopped meanwhile, half an instance) is
+//! stopped. An adopted process is not this process's child, so its exit is noticed by polling
+//! `/proc`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
@@ -56,6 +64,12 @@ pub struct LocalConfig {
     /// Extra environment for every worker (tests use it for fast report ticks).
     pub worker_env: BTreeMap<String, String>,
 }
+
+/// How often an adopted process is checked for exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+/// The file naming an instance's processes.
+const PIDS_FILE: &str = "pids.json";
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 struct Ports {
@@ -186,6 +200,10 @@ impl LocalProvider {
         };
         worker
             .current_dir(&dir)
+            // Both sides are Ferry: a grant counts only for this worker's URL, once, until it
+            // expires (Ferry's token). A workergroup's env may turn it off; a `worker_cmd`
+            // (e.g. an official PyWorker) ignores it and keeps Vast's rules.
+            .env("FERRY_REQUIRE_TOKEN", "true")
             .envs(&spec.env)
             .envs(&self.cfg.worker_env)
             .env("WORKER_PORT", ports.worker.to_string())
@@ -213,20 +231,31 @@ impl LocalProvider {
             .stderr(log_file(&dir, "worker.out")?)
             .process_group(0)
             .kill_on_drop(true);
+        // Each process is recorded the moment it exists, so a crash of this control plane at
+        // any point leaves nothing it cannot find again.
         let model_child = model
             .spawn()
             .map_err(|e| ProviderError(format!("starting the model server: {e}")))?;
+        let mut pids = Pids {
+            model: model_child.id().and_then(ProcId::of),
+            worker: None,
+        };
+        pids.write(&dir);
+        let mut model_child = Proc::Child(model_child);
         let worker_child = match worker.spawn() {
             Ok(c) => c,
             Err(e) => {
-                let mut m = model_child;
-                terminate(&mut m, self.cfg.stop_grace).await;
+                model_child.terminate(self.cfg.stop_grace).await;
+                Pids::remove(&dir);
                 return Err(ProviderError(format!(
                     "starting {} worker: {e}",
                     self.cfg.ferry_exe.display()
                 )));
             }
         };
+        pids.worker = worker_child.id().and_then(ProcId::of);
+        pids.write(&dir);
+        let worker_child = Proc::Child(worker_child);
         tracing::info!(worker = id, resume, worker_port = ports.worker, model_port = ports.model,
                        dir = %dir.display(), "local instance started");
         let (stop_tx, stop_rx) = oneshot::channel::<StopAck>();
@@ -247,6 +276,74 @@ impl LocalProvider {
         Ok(())
     }
 
+    /// See [`Provider::adopt`].
+    async fn adopt_instances(&self, worker_ids: Vec<i64>) -> Vec<i64> {
+        let wanted: HashSet<i64> = worker_ids.into_iter().collect();
+        let mut adopted = Vec::new();
+        let mut strays = Vec::new();
+        let root = self.cfg.state_dir.join("instances");
+        let entries = match std::fs::read_dir(&root) {
+            Ok(e) => e,
+            Err(_) => return adopted,
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i64>().ok())
+            else {
+                continue;
+            };
+            let dir = entry.path();
+            let Some(pids) = Pids::read(&dir) else {
+                continue;
+            };
+            let worker = pids.worker.filter(|p| p.alive());
+            let model = pids.model.filter(|p| p.alive());
+            match (worker, model) {
+                (Some(w), Some(m)) if wanted.contains(&id) && !self.running().contains_key(&id) => {
+                    tracing::info!(
+                        worker = id,
+                        worker_pid = w.pid,
+                        model_pid = m.pid,
+                        "took back a running instance"
+                    );
+                    let (stop_tx, stop_rx) = oneshot::channel::<StopAck>();
+                    self.running().insert(id, stop_tx);
+                    self.tasks.spawn(supervise(
+                        dir,
+                        id,
+                        Proc::Adopted(w),
+                        Proc::Adopted(m),
+                        stop_rx,
+                        self.cfg.stop_grace,
+                        self.sink(),
+                    ));
+                    adopted.push(id);
+                }
+                (None, None) => Pids::remove(&dir),
+                (w, m) => {
+                    tracing::warn!(
+                        worker = id,
+                        worker_alive = w.is_some(),
+                        model_alive = m.is_some(),
+                        "stopping a stray instance left by an earlier run"
+                    );
+                    strays.push((dir, [w, m]));
+                }
+            }
+        }
+        let grace = self.cfg.stop_grace;
+        futures_util::future::join_all(strays.into_iter().map(|(dir, procs)| async move {
+            for p in procs.into_iter().flatten() {
+                Proc::Adopted(p).terminate(grace).await;
+            }
+            Pids::remove(&dir);
+        }))
+        .await;
+        adopted
+    }
+
     async fn stop_one(&self, id: i64) {
         let stop = self.running().remove(&id);
         if let Some(tx) = stop {
@@ -261,8 +358,8 @@ impl LocalProvider {
 async fn supervise(
     dir: PathBuf,
     id: i64,
-    mut worker: Child,
-    mut model: Child,
+    mut worker: Proc,
+    mut model: Proc,
     stop: oneshot::Receiver<StopAck>,
     grace: Duration,
     sink: Option<EventSink>,
@@ -270,19 +367,21 @@ async fn supervise(
     let reason = tokio::select! {
         ack = stop => {
             // Worker first, so its last report says it is shutting down.
-            terminate(&mut worker, grace).await;
-            terminate(&mut model, grace).await;
+            worker.terminate(grace).await;
+            model.terminate(grace).await;
+            Pids::remove(&dir);
             tracing::info!(worker = id, "local instance stopped");
             if let Ok(ack) = ack {
                 let _ = ack.send(());
             }
             return;
         }
-        s = worker.wait() => format!("worker process exited ({})", status_text(s)),
-        s = model.wait() => format!("model server exited ({})", status_text(s)),
+        s = worker.wait() => format!("worker process exited ({s})"),
+        s = model.wait() => format!("model server exited ({s})"),
     };
-    terminate(&mut worker, grace).await;
-    terminate(&mut model, grace).await;
+    worker.terminate(grace).await;
+    model.terminate(grace).await;
+    Pids::remove(&dir);
     let reason = match last_line(&dir.join("worker.out")).await {
         Some(l) => format!("{reason}: {l}"),
         None => reason,
@@ -312,19 +411,47 @@ fn status_text(s: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
-/// SIGTERM to the child's process group, SIGKILL after `grace`.
-async fn terminate(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
+/// One process of an instance: a child of this control plane, or one it took back after a
+/// restart (then not its child: no exit status, exit seen by polling).
+enum Proc {
+    Child(Child),
+    Adopted(ProcId),
+}
+
+impl Proc {
+    /// Waits for the process to exit; says how.
+    async fn wait(&mut self) -> String {
+        match self {
+            Proc::Child(c) => status_text(c.wait().await),
+            Proc::Adopted(p) => {
+                while p.alive() {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                "exit status unknown: started by an earlier run of the control plane".to_owned()
+            }
+        }
     }
-    let pgid = child
-        .id()
-        .and_then(|p| i32::try_from(p).ok())
-        .and_then(rustix::process::Pid::from_raw);
-    if let Some(pid) = pgid {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
-    }
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+
+    /// SIGTERM to the process group, SIGKILL after `grace`.
+    async fn terminate(&mut self, grace: Duration) {
+        let pgid = match self {
+            Proc::Child(c) => {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                c.id()
+                    .and_then(|p| i32::try_from(p).ok())
+                    .and_then(rustix::process::Pid::from_raw)
+            }
+            Proc::Adopted(p) if !p.alive() => return,
+            Proc::Adopted(p) => rustix::process::Pid::from_raw(p.pid),
+        };
+        if let Some(pid) = pgid {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::TERM);
+        }
+        if tokio::time::timeout(grace, self.wait()).await.is_ok() {
+            return;
+        }
         tracing::warn!(
             ?grace,
             "process group did not exit within the grace after SIGTERM; sending SIGKILL"
@@ -332,8 +459,74 @@ async fn terminate(child: &mut Child, grace: Duration) {
         if let Some(pid) = pgid {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        if let Proc::Child(c) = self {
+            let _ = c.start_kill();
+        }
+        // SIGKILL cannot be refused; the bound only guards against a stuck kernel task.
+        let _ = tokio::time::timeout(grace, self.wait()).await;
+    }
+}
+
+/// A process identified by its pid and its start time (clock ticks after boot), so that a
+/// later process that reuses the pid is never taken for it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+struct ProcId {
+    pid: i32,
+    start: u64,
+}
+
+impl ProcId {
+    fn of(pid: u32) -> Option<ProcId> {
+        let pid = i32::try_from(pid).ok()?;
+        let (start, _) = proc_stat(pid)?;
+        Some(ProcId { pid, start })
+    }
+
+    /// Whether this very process still runs (neither gone nor a zombie).
+    fn alive(self) -> bool {
+        matches!(proc_stat(self.pid), Some((start, state))
+            if start == self.start && state != 'Z' && state != 'X')
+    }
+}
+
+/// `(start time, state)` of a process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: i32) -> Option<(u64, char)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 2, the command name, is in parentheses and may itself hold spaces and ')'.
+    let rest = text.get(text.rfind(')')? + 1..)?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?; // field 3
+    let start = fields.nth(18)?.parse().ok()?; // field 22
+    Some((start, state))
+}
+
+/// `pids.json`: an instance's processes, written as they are spawned.
+#[derive(Debug, Serialize, Deserialize)]
+struct Pids {
+    model: Option<ProcId>,
+    worker: Option<ProcId>,
+}
+
+impl Pids {
+    fn read(dir: &Path) -> Option<Pids> {
+        serde_json::from_slice(&std::fs::read(dir.join(PIDS_FILE)).ok()?).ok()
+    }
+
+    /// Written whole to a temporary file and renamed, so a crash never leaves half of it.
+    fn write(&self, dir: &Path) {
+        let tmp = dir.join(format!("{PIDS_FILE}.tmp"));
+        let written = serde_json::to_vec(self)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|()| std::fs::rename(&tmp, dir.join(PIDS_FILE)));
+        if let Err(e) = written {
+            tracing::error!(dir = %dir.display(), error = %e,
+                            "could not record the instance's processes; a crash would orphan them");
+        }
+    }
+
+    fn remove(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(PIDS_FILE));
     }
 }
 
@@ -411,6 +604,10 @@ impl Provider for LocalProvider {
             }
         }
         .boxed()
+    }
+
+    fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
+        async move { Some(self.adopt_instances(worker_ids).await) }.boxed()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, Vec<i64>> {

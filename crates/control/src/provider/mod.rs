@@ -88,6 +88,15 @@ pub trait Provider: Send + Sync + 'static {
     /// Control-plane shutdown: stop everything this provider runs on this host. Returns the
     /// ids it stopped (they are recorded as `stopped`, resumable after a restart).
     fn shutdown(&self) -> BoxFuture<'_, Vec<i64>>;
+    /// At start, after a restart (clean or a crash): takes back control of the instances among
+    /// `worker_ids` (the workers the store says were up) that are still running, and stops
+    /// every other instance of this provider it finds (strays: stopped or deleted records,
+    /// half-dead instances). Returns the ids taken back; `None` means this provider's
+    /// instances do not outlive the control plane, so the records are left as they are.
+    fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
+        let _ = worker_ids;
+        Box::pin(async { None })
+    }
 }
 
 /// The default model server command: Ferry's simulated model.

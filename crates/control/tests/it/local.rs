@@ -102,3 +102,244 @@ async fn local_provider_runs_real_processes() {
     done.await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A `ferry control` process on `port` with its state in `dir`; stderr to `dir/../control-N.log`.
+fn spawn_control(
+    ferry: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    n: u32,
+) -> std::process::Child {
+    let log = std::fs::File::create(dir.with_extension(format!("control-{n}.log"))).unwrap();
+    std::process::Command::new(ferry)
+        .args(["control", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--state-dir")
+        .arg(dir)
+        .args(["--api-key", "acct-key", "--autoscale-interval-ms", "200"])
+        .args(["--stop-grace-s", "5", "--idle-stop-after-s", "600"])
+        // Inherited by the workers it launches: quick reports.
+        .env("FERRY_REPORT_TICK_MS", "100")
+        .env("FERRY_HEARTBEAT_S", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+/// Whether a process runs (exists and is not a zombie).
+fn alive(pid: i64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.get(s.rfind(')')? + 2..)?.to_owned();
+            rest.chars().next()
+        })
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Every pid recorded in the instances' `pids.json` files.
+fn instance_pids(dir: &std::path::Path) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for e in dir
+        .join("instances")
+        .read_dir()
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(text) = std::fs::read_to_string(e.path().join("pids.json")) else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for k in ["worker", "model"] {
+            if let Some(pid) = v[k]["pid"].as_i64() {
+                out.push((e.file_name().to_string_lossy().into_owned(), pid));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn grant(http: &reqwest::Client, url: &str, ep: &str, key: &str) -> serde_json::Value {
+    crate::harness::until_some(|| async {
+        let r: serde_json::Value = http
+            .post(format!("{url}/route/"))
+            .bearer_auth(key)
+            .json(&json!({"endpoint": ep, "cost": 10}))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        r.get("url").is_some().then_some(r)
+    })
+    .await
+}
+
+async fn call(http: &reqwest::Client, grant: &serde_json::Value, worker_url: &str) -> u16 {
+    http.post(format!("{worker_url}/v1/completions"))
+        .json(&json!({"auth_data": grant, "payload": {"model": "m", "prompt": "hi", "max_tokens": 3}}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// The whole life of a fleet across control-plane crashes, as a user would run it: secrets
+/// private on disk, grants bound to one worker and one use, and instances that outlive a
+/// SIGKILLed control plane and stay under the restarted one's control (delete and shutdown
+/// still stop them: no process is left behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs target/debug/ferry: cargo build -p ferry first"]
+async fn control_plane_crashes_leave_no_orphan_and_grants_stay_strict() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let exe = std::env::current_exe().unwrap();
+    let ferry = ferry_control::provider::ferry_exe_near(&exe).expect("cargo build -p ferry first");
+    let dir = std::env::temp_dir().join(format!("ferry-crash-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // A state folder and key file left readable by an older version.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("api_key"), "old\n").unwrap();
+    std::fs::set_permissions(dir.join("api_key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let up = || async {
+        eventually(|| async { http.get(format!("{url}/health")).send().await.is_ok() }).await;
+    };
+
+    let mut control = spawn_control(&ferry, &dir, port, 0);
+    up().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("control.db")), 0o600);
+    assert_eq!(mode(&dir.join("api_key")), 0o600);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("api_key")).unwrap(),
+        "acct-key\n"
+    );
+
+    let mut keys = Vec::new();
+    for name in ["a", "b"] {
+        let r: serde_json::Value = http
+            .post(format!("{url}/api/v0/endptjobs/"))
+            .bearer_auth("acct-key")
+            .json(&json!({"endpoint_name": name, "cold_workers": 1, "max_workers": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["result"].as_i64().unwrap();
+        http.post(format!("{url}/api/v0/workergroups/"))
+            .bearer_auth("acct-key")
+            .json(&json!({"endpoint_id": id}))
+            .send()
+            .await
+            .unwrap();
+        let r: serde_json::Value = http
+            .get(format!("{url}/api/v0/endptjobs/{id}/"))
+            .bearer_auth("acct-key")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        keys.push((id, r["result"]["api_key"].as_str().unwrap().to_owned()));
+    }
+    let ga = grant(&http, &url, "a", &keys[0].1).await;
+    let gb = grant(&http, &url, "b", &keys[1].1).await;
+    let (wa, wb) = (
+        ga["url"].as_str().unwrap(),
+        gb["url"].as_str().unwrap().to_owned(),
+    );
+    // Ferry's strict token between Ferry's own control plane and workers.
+    assert_eq!(
+        call(&http, &ga, &wb).await,
+        401,
+        "a grant for endpoint a at b's worker"
+    );
+    assert_eq!(call(&http, &ga, wa).await, 200);
+    assert_eq!(call(&http, &ga, wa).await, 401, "the same grant twice");
+    let mut stripped = grant(&http, &url, "a", &keys[0].1).await;
+    let obj = stripped.as_object_mut().unwrap();
+    obj.remove("ferry_exp");
+    obj.remove("ferry_sig");
+    assert_eq!(
+        call(&http, &stripped, wa).await,
+        401,
+        "a grant without its token"
+    );
+
+    let pids = instance_pids(&dir);
+    assert_eq!(pids.len(), 4, "two instances of two processes: {pids:?}");
+    for round in 1..=2 {
+        control.kill().unwrap();
+        control.wait().unwrap();
+        // The fleet keeps serving while the control plane is down...
+        assert!(
+            pids.iter().all(|(_, p)| alive(*p)),
+            "round {round}: {pids:?}"
+        );
+        control = spawn_control(&ferry, &dir, port, round);
+        up().await;
+        // ... and the restarted control plane routes to the same instances.
+        let g = grant(&http, &url, "a", &keys[0].1).await;
+        assert_eq!(g["url"].as_str(), Some(wa), "round {round}");
+        assert_eq!(call(&http, &g, wa).await, 200, "round {round}");
+        assert_eq!(
+            instance_pids(&dir),
+            pids,
+            "round {round}: the same processes"
+        );
+    }
+    // Deleting an endpoint stops its instance although an earlier run started it.
+    let b_port: u16 = wb.rsplit(':').next().unwrap().parse().unwrap();
+    let b_id = pids
+        .iter()
+        .map(|(id, _)| id.clone())
+        .find(|id| {
+            let ports = std::fs::read_to_string(dir.join("instances").join(id).join("ports.json"));
+            serde_json::from_str::<serde_json::Value>(&ports.unwrap()).unwrap()["worker"] == b_port
+        })
+        .expect("b's instance");
+    let b_pids: Vec<i64> = pids
+        .iter()
+        .filter(|(id, _)| *id == b_id)
+        .map(|(_, p)| *p)
+        .collect();
+    assert_eq!(b_pids.len(), 2);
+    let st = http
+        .delete(format!("{url}/api/v0/endptjobs/{}/", keys[1].0))
+        .bearer_auth("acct-key")
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(st.is_success());
+    eventually(|| async { b_pids.iter().all(|p| !alive(*p)) }).await;
+    // A clean stop of the adopted fleet leaves nothing running.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(control.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(control.wait().unwrap().success());
+    let left: Vec<_> = pids.iter().filter(|(_, p)| alive(*p)).collect();
+    assert!(
+        left.is_empty(),
+        "processes outlived the control plane: {left:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
