@@ -65,6 +65,7 @@ pub mod provider;
 pub mod queue;
 pub mod registry;
 pub mod route;
+pub mod secrets;
 pub mod store;
 pub mod telemetry;
 
@@ -252,6 +253,8 @@ pub async fn run_cli(
         .into_iter()
         .collect(),
     });
+    secrets::private_dir(&settings.state_dir)
+        .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
     let control = Control::new(settings.clone(), Arc::new(provider)).await?;
     announce_key(&control, &settings);
     run(listener, control, shutdown).await?;
@@ -260,31 +263,20 @@ pub async fn run_cli(
 
 fn announce_key(control: &Control, settings: &Settings) {
     let path = settings.state_dir.join("api_key");
-    let written = write_secret(&path, control.account_key());
-    match written {
+    match secrets::write_private(&path, control.account_key()) {
         Ok(()) => eprintln!(
             "ferry control: account API key in {} (use it as Bearer for /api/v0/...)",
             path.display()
         ),
+        // Never printed instead: a terminal or a log collector is no place for it.
         Err(e) => {
-            tracing::warn!(error = %e, path = %path.display(), "could not write the API key file");
-            eprintln!("ferry control: account API key: {}", control.account_key());
+            tracing::warn!(error = %e, "could not write the API key file");
+            eprintln!(
+                "ferry control: could not write the account API key to {} ({e}); \
+                 set your own with --api-key / FERRY_API_KEY",
+                path.display()
+            );
         }
     }
     eprintln!("ferry control: listening at {}", settings.public_url);
-}
-
-fn write_secret(path: &std::path::Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{secret}")
 }

@@ -84,6 +84,8 @@ impl Store {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| format!("creating {}: {e}", dir.display()))?;
             }
+            // It holds the signing key, the account and endpoint keys and master tokens.
+            crate::secrets::private_file(p).map_err(|e| e.to_string())?;
         }
         let (tx, rx) = mpsc::channel::<Op>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<Loaded, String>>();
