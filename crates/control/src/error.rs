@@ -25,6 +25,9 @@ pub enum ControlError {
     /// No such object (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request body is over the limit (413).
+    #[error("{0}")]
+    TooLarge(String),
     /// Conflicts with existing state, e.g. a duplicate endpoint name (409).
     #[error("{0}")]
     Conflict(String),
@@ -49,6 +52,7 @@ impl ControlError {
             ControlError::BadRequest(_) => "bad_request",
             ControlError::Unauthorized(_) => "unauthorized",
             ControlError::NotFound(_) => "not_found",
+            ControlError::TooLarge(_) => "too_large",
             ControlError::Conflict(_) => "conflict",
             ControlError::Unavailable(_) => "unavailable",
             ControlError::Upstream(_) => "upstream",
@@ -63,6 +67,7 @@ impl ControlError {
             ControlError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+            ControlError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -74,6 +79,11 @@ impl ControlError {
     /// `401 {"error": "Authentication failed"}`.
     pub fn auth() -> ControlError {
         ControlError::Unauthorized(AUTH_FAILED.into())
+    }
+
+    /// A report from an unknown worker id or with the wrong mtoken: one answer for both.
+    pub fn unknown_worker() -> ControlError {
+        ControlError::Unauthorized("unknown worker id or wrong mtoken".into())
     }
 }
 

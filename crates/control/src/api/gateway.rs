@@ -49,7 +49,7 @@ pub async fn chat(
     State(c): State<Control>,
     Path(ep): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     relay(c, ep, "/v1/chat/completions", headers, body).await
 }
@@ -59,7 +59,7 @@ pub async fn completions(
     State(c): State<Control>,
     Path(ep): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     relay(c, ep, "/v1/completions", headers, body).await
 }
@@ -77,7 +77,7 @@ async fn relay(
     endpoint: String,
     path: &'static str,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     match relay_inner(&c, &endpoint, path, &headers, body).await {
         Ok(r) => {
@@ -99,10 +99,18 @@ async fn relay_inner(
     endpoint: &str,
     path: &'static str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ControlError> {
+    // The key first: a caller without one never gets a byte of its body read.
     let key = bearer(headers);
     c.check_endpoint_key(endpoint, key.as_deref())?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_GATEWAY_BODY as u64) {
+        return Err(too_large());
+    }
+    let body = read_body(body).await?;
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| ControlError::BadRequest(format!("malformed JSON body: {e}")))?;
     if !payload.is_object() {
@@ -197,4 +205,19 @@ impl Drop for Abandon {
             self.control.abandon(self.idx);
         }
     }
+}
+
+/// Reads a request body of at most [`MAX_GATEWAY_BODY`] bytes: a larger declared length is
+/// refused before reading, a longer body as soon as it passes the limit.
+async fn read_body(body: Body) -> Result<Bytes, ControlError> {
+    axum::body::to_bytes(body, MAX_GATEWAY_BODY)
+        .await
+        .map_err(|e| match std::error::Error::source(&e) {
+            Some(src) if src.is::<http_body_util::LengthLimitError>() => too_large(),
+            _ => ControlError::BadRequest(format!("reading the request body: {e}")),
+        })
+}
+
+fn too_large() -> ControlError {
+    ControlError::TooLarge(format!("request body over {MAX_GATEWAY_BODY} bytes"))
 }

@@ -7,7 +7,7 @@ impl Control {
 
     /// Checks the account key.
     pub fn check_account(&self, key: Option<&str>) -> Result<(), ControlError> {
-        if key == Some(self.shared.account_key.as_str()) {
+        if secret_eq(key, &self.shared.account_key) {
             Ok(())
         } else {
             Err(ControlError::auth())
@@ -277,14 +277,30 @@ impl Control {
         Ok(())
     }
 
+    /// Whether `key` is a key of this control plane: the account key or an endpoint's key.
+    /// Callers that are not get one 401 whatever they ask for, so nothing's existence is
+    /// confirmed to them.
+    pub(super) fn authenticated(&self, inner: &Inner, key: Option<&str>) -> bool {
+        // No short cut: every key is compared, in constant time.
+        inner
+            .endpoints
+            .values()
+            .fold(secret_eq(key, &self.shared.account_key), |ok, ep| {
+                secret_eq(key, &ep.api_key) | ok
+            })
+    }
+
     /// Workers of an endpoint (account key or the endpoint's key).
     pub fn endpoint_workers(&self, id: i64, key: Option<&str>) -> Result<Vec<Value>, ControlError> {
         let g = self.lock();
-        let ep = g
-            .endpoints
-            .get(&id)
-            .ok_or_else(|| ControlError::NotFound(format!("no endpoint {id}")))?;
-        if key != Some(self.shared.account_key.as_str()) && key != Some(ep.api_key.as_str()) {
+        let Some(ep) = g.endpoints.get(&id) else {
+            return Err(if self.authenticated(&g, key) {
+                ControlError::NotFound(format!("no endpoint {id}"))
+            } else {
+                ControlError::auth()
+            });
+        };
+        if !secret_eq(key, &self.shared.account_key) && !secret_eq(key, &ep.api_key) {
             return Err(ControlError::auth());
         }
         Ok(g.workers
@@ -297,12 +313,15 @@ impl Control {
     /// Workers of a workergroup (account key or the endpoint's key).
     pub fn group_workers(&self, id: i64, key: Option<&str>) -> Result<Vec<Value>, ControlError> {
         let g = self.lock();
-        let wg = g
-            .groups
-            .get(&id)
-            .ok_or_else(|| ControlError::NotFound(format!("no workergroup {id}")))?;
+        let Some(wg) = g.groups.get(&id) else {
+            return Err(if self.authenticated(&g, key) {
+                ControlError::NotFound(format!("no workergroup {id}"))
+            } else {
+                ControlError::auth()
+            });
+        };
         let ep_key = g.endpoints.get(&wg.endpoint_id).map(|e| e.api_key.as_str());
-        if key != Some(self.shared.account_key.as_str()) && (key.is_none() || key != ep_key) {
+        if !secret_eq(key, &self.shared.account_key) && !ep_key.is_some_and(|k| secret_eq(key, k)) {
             return Err(ControlError::auth());
         }
         Ok(g.workers
@@ -312,18 +331,16 @@ impl Control {
             .collect())
     }
 
-    /// The endpoint's key check for the gateway; returns the endpoint name.
+    /// The endpoint's key check for the gateway: authenticated first, so a caller with no key
+    /// of this control plane gets 401 whether the endpoint exists or not.
     pub fn check_endpoint_key(&self, name: &str, key: Option<&str>) -> Result<(), ControlError> {
         let g = self.lock();
-        let ep = g
-            .endpoints
-            .values()
-            .find(|e| e.endpoint_name == name)
-            .ok_or_else(|| ControlError::NotFound(format!("no endpoint {name:?}")))?;
-        if key == Some(ep.api_key.as_str()) {
-            Ok(())
-        } else {
-            Err(ControlError::auth())
+        match g.endpoints.values().find(|e| e.endpoint_name == name) {
+            Some(ep) if secret_eq(key, &ep.api_key) => Ok(()),
+            None if self.authenticated(&g, key) => {
+                Err(ControlError::NotFound(format!("no endpoint {name:?}")))
+            }
+            _ => Err(ControlError::auth()),
         }
     }
 
@@ -358,5 +375,37 @@ impl Control {
             .values()
             .map(|w| (w.id, w.state))
             .collect()
+    }
+}
+
+/// Compares a presented secret with the expected one in time that depends on their lengths
+/// only, never on where they first differ. A missing or empty secret never matches.
+pub(crate) fn secret_eq(given: Option<&str>, expected: &str) -> bool {
+    let Some(given) = given else {
+        return false;
+    };
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = u8::from(a.len() != b.len() || b.is_empty());
+    for (i, x) in a.iter().enumerate() {
+        // Walk the whole presented value even when the lengths differ.
+        diff |= x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::secret_eq;
+
+    #[test]
+    fn secret_eq_matches_only_the_same_secret() {
+        assert!(secret_eq(Some("abc"), "abc"));
+        assert!(!secret_eq(Some("abd"), "abc"));
+        assert!(!secret_eq(Some("ab"), "abc"));
+        assert!(!secret_eq(Some("abcd"), "abc"));
+        assert!(!secret_eq(Some(""), "abc"));
+        assert!(!secret_eq(None, "abc"));
+        assert!(!secret_eq(Some(""), ""));
+        assert!(!secret_eq(Some("x"), ""));
     }
 }

@@ -23,16 +23,19 @@ impl Control {
         let (ep_name, idx, grant, status) = {
             let mut g = self.lock();
             let inner = &mut *g;
-            let Some(ep) = inner
+            // Authenticate first: a caller holding no key of this control plane gets the same
+            // 401 whether the endpoint exists or not.
+            let found = inner
                 .endpoints
                 .values()
-                .find(|e| e.endpoint_name == endpoint_name)
-            else {
-                return Err(ControlError::BadRequest(ROUTE_BAD_REQUEST.into()));
+                .find(|e| e.endpoint_name == endpoint_name);
+            let Some(ep) = found.filter(|ep| admin::secret_eq(api_key, &ep.api_key)) else {
+                return Err(if found.is_none() && self.authenticated(inner, api_key) {
+                    ControlError::BadRequest(ROUTE_BAD_REQUEST.into())
+                } else {
+                    ControlError::auth()
+                });
             };
-            if api_key != Some(ep.api_key.as_str()) {
-                return Err(ControlError::auth());
-            }
             let ep_id = ep.id;
             let ep_name = ep.endpoint_name.clone();
             inner.stats.entry(ep_id).or_default().last_request = Some(mono);
@@ -305,12 +308,8 @@ impl Control {
             let w = inner
                 .workers
                 .get_mut(&s.id)
-                .ok_or_else(|| ControlError::NotFound(format!("unknown worker id {}", s.id)))?;
-            if w.mtoken != s.mtoken {
-                return Err(ControlError::Unauthorized(
-                    "wrong mtoken for this worker".into(),
-                ));
-            }
+                .filter(|w| admin::secret_eq(Some(&s.mtoken), &w.mtoken))
+                .ok_or_else(ControlError::unknown_worker)?;
             if w.apply_status(s, unix_now(), mono) {
                 self.shared.store.put_json(kind::WORKER, w.id, &*w);
             }
@@ -327,14 +326,11 @@ impl Control {
         let n = {
             let mut g = self.lock();
             let inner = &mut *g;
-            let w = inner.workers.get_mut(&d.worker_id).ok_or_else(|| {
-                ControlError::NotFound(format!("unknown worker id {}", d.worker_id))
-            })?;
-            if w.mtoken != d.mtoken {
-                return Err(ControlError::Unauthorized(
-                    "wrong mtoken for this worker".into(),
-                ));
-            }
+            let w = inner
+                .workers
+                .get_mut(&d.worker_id)
+                .filter(|w| admin::secret_eq(Some(&d.mtoken), &w.mtoken))
+                .ok_or_else(ControlError::unknown_worker)?;
             for r in &d.requests {
                 w.pending.remove(&r.request_idx);
             }

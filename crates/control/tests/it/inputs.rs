@@ -66,7 +66,10 @@ async fn bad_inputs_get_clear_4xx_and_change_nothing() {
             json!({"id": 999, "mtoken": "x", "max_perf": 1, "loadtime": 1}),
         )
         .await;
-    assert_eq!(st, 404);
+    assert_eq!(
+        st, 401,
+        "an unknown worker id is not confirmed: the same 401 as a wrong mtoken"
+    );
     let (st, _) = cp
         .post(
             "/delete_requests/",
@@ -74,7 +77,7 @@ async fn bad_inputs_get_clear_4xx_and_change_nothing() {
             json!({"worker_id": 999, "mtoken": "x", "requests": []}),
         )
         .await;
-    assert_eq!(st, 404);
+    assert_eq!(st, 401);
     let (st, v) = cp.post("/worker_status/", None, json!({"id": [1]})).await;
     assert_eq!(st, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("worker_status"));
@@ -250,7 +253,8 @@ async fn bad_inputs_get_clear_4xx_and_change_nothing() {
             json!({"endpoint": "good", "cost": 1}),
         )
         .await;
-    assert_eq!(st, 400);
+    // The deleted endpoint's key is no key of this control plane any more: authenticate first.
+    assert_eq!(st, 401);
     let (st, v) = cp.req(reqwest::Method::GET, "/health", None, None).await;
     assert_eq!((st, &v["status"]), (200, &json!("ok")));
     let (st, v) = cp.req(reqwest::Method::GET, "/metrics", None, None).await;
