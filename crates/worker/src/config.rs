@@ -121,6 +121,16 @@ pub struct WorkerArgs {
     #[arg(long, env = "FERRY_MAX_BODY_BYTES", default_value = "104857600")]
     pub max_body_bytes: Option<usize>,
 
+    /// Request-body bytes buffered at once across all requests; past it a request is refused
+    /// with 503 and Retry-After, so a burst of large bodies cannot grow memory without bound.
+    /// At least FERRY_MAX_BODY_BYTES.
+    #[arg(long, env = "FERRY_BODY_BUDGET_BYTES", default_value = "134217728")]
+    pub body_budget_bytes: Option<usize>,
+
+    /// Time allowed to receive a whole request body, seconds (408 after it).
+    #[arg(long, env = "FERRY_BODY_TIMEOUT_S", default_value = "60")]
+    pub body_timeout_s: Option<u64>,
+
     /// Interval of the report loop's checks, milliseconds (Vast: 1000).
     #[arg(long, env = "FERRY_REPORT_TICK_MS", default_value = "1000")]
     pub report_tick_ms: Option<u64>,
@@ -185,6 +195,12 @@ pub struct WorkerArgs {
     /// Most sessions open at once; 0 = unlimited (PyWorker's WorkerConfig default: 10).
     #[arg(long, env = "FERRY_MAX_SESSIONS", default_value = "10")]
     pub max_sessions: Option<usize>,
+
+    /// Origins (`http[s]://host:port`, comma-separated) a session's `on_close_route` may name
+    /// as a full URL. By default it may only be a path on the model server: anyone holding
+    /// a grant could otherwise make the worker POST to any address.
+    #[arg(long, env = "FERRY_SESSION_CALLBACK_ORIGINS", default_value = "")]
+    pub session_callback_origins: Option<String>,
 
     /// Plain-HTTP side listener for `/session/end` (default WORKER_PORT+1; 0 picks any port).
     #[arg(long, env = "WORKER_HTTP_PORT")]
@@ -290,6 +306,8 @@ pub struct Settings {
     pub first_byte_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_body_bytes: usize,
+    pub body_budget_bytes: usize,
+    pub body_timeout: Duration,
     pub report_tick: Duration,
     pub heartbeat: Duration,
     pub report_retry: Duration,
@@ -303,6 +321,8 @@ pub struct Settings {
     pub health_interval: Duration,
     pub log_poll: Duration,
     pub max_sessions: usize,
+    /// Origins a session's `on_close_route` may name in full (`scheme://host:port`).
+    pub session_callback_origins: Vec<String>,
     /// Runtime threads (see [`WorkerArgs::threads`]); 0 means one per core.
     pub threads: usize,
     /// Side listener address (`/session/end` over plain HTTP), if any.
@@ -544,6 +564,14 @@ impl WorkerArgs {
         }
         let benchmark = benchmark_spec(&preset, self)?;
         let report_buffer = req(&self.report_buffer, "FERRY_REPORT_BUFFER")?;
+        let max_body_bytes = req(&self.max_body_bytes, "FERRY_MAX_BODY_BYTES")?;
+        let body_budget_bytes = req(&self.body_budget_bytes, "FERRY_BODY_BUDGET_BYTES")?;
+        if body_budget_bytes < max_body_bytes {
+            return Err(ConfigError::new(
+                "FERRY_BODY_BUDGET_BYTES",
+                "must be at least FERRY_MAX_BODY_BYTES",
+            ));
+        }
         if report_buffer == 0 {
             return Err(ConfigError::new("FERRY_REPORT_BUFFER", "must be positive"));
         }
@@ -570,7 +598,12 @@ impl WorkerArgs {
                 self.idle_timeout_s.map(|s| s.saturating_mul(1000)),
                 "FERRY_IDLE_TIMEOUT_S",
             )?,
-            max_body_bytes: req(&self.max_body_bytes, "FERRY_MAX_BODY_BYTES")?,
+            max_body_bytes,
+            body_budget_bytes,
+            body_timeout: nonzero_ms(
+                self.body_timeout_s.map(|s| s.saturating_mul(1000)),
+                "FERRY_BODY_TIMEOUT_S",
+            )?,
             report_tick: nonzero_ms(self.report_tick_ms, "FERRY_REPORT_TICK_MS")?,
             heartbeat: nonzero_ms(
                 self.heartbeat_s.map(|s| s.saturating_mul(1000)),
@@ -590,6 +623,24 @@ impl WorkerArgs {
             health_interval: nonzero_ms(self.health_interval_ms, "FERRY_HEALTH_INTERVAL_MS")?,
             log_poll: nonzero_ms(self.log_poll_ms, "FERRY_LOG_POLL_MS")?,
             max_sessions: self.max_sessions.unwrap_or(10),
+            session_callback_origins: self
+                .session_callback_origins
+                .as_deref()
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    crate::sessions::origin_of(s)
+                        .filter(|o| o == s.trim_end_matches('/'))
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                "FERRY_SESSION_CALLBACK_ORIGINS",
+                                format!("{s:?} is not an origin like http://host:port"),
+                            )
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             side_listen: if self.no_side_listener.unwrap_or(false) {
                 None
             } else {

@@ -22,6 +22,10 @@ pub enum WorkerError {
     QueueFull { wait: f64, limit: f64 },
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the request body did not arrive within {0} s")]
+    BodyTimeout(u64),
+    #[error("too many request bytes buffered at once; retry shortly")]
+    BodyBudget,
     #[error("invalid session")]
     InvalidSession,
     #[error("no route {0}")]
@@ -46,6 +50,8 @@ impl WorkerError {
             WorkerError::Unauthorized(a) => a.code(),
             WorkerError::QueueFull { .. } => "queue_full",
             WorkerError::TooLarge(_) => "body_too_large",
+            WorkerError::BodyTimeout(_) => "body_timeout",
+            WorkerError::BodyBudget => "body_budget",
             WorkerError::InvalidSession => "invalid_session",
             WorkerError::NoRoute(_) => "no_route",
             WorkerError::ShuttingDown => "shutting_down",
@@ -63,6 +69,8 @@ impl WorkerError {
             WorkerError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             WorkerError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            WorkerError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            WorkerError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
             WorkerError::InvalidSession => StatusCode::GONE,
             WorkerError::NoRoute(_) => StatusCode::NOT_FOUND,
             WorkerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,11 +96,15 @@ impl IntoResponse for WorkerError {
                 .into_response(),
         };
         *res.status_mut() = status;
-        if let WorkerError::QueueFull { wait, limit } = &self {
-            let secs = (wait - limit).ceil().clamp(1.0, 3600.0) as u64;
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                res.headers_mut().insert(http::header::RETRY_AFTER, v);
+        let retry_after = match &self {
+            WorkerError::QueueFull { wait, limit } => {
+                Some((wait - limit).ceil().clamp(1.0, 3600.0) as u64)
             }
+            WorkerError::BodyBudget => Some(1),
+            _ => None,
+        };
+        if let Some(v) = retry_after.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+            res.headers_mut().insert(http::header::RETRY_AFTER, v);
         }
         res
     }

@@ -1,6 +1,8 @@
 //! The worker's HTTP surface and request path.
 //!
-//! One request: read the body (bounded) → parse `{auth_data, payload, session_id}` (422) →
+//! One request: match the route (404) → read the body under a size limit (413), a deadline
+//! (408) and a worker-wide budget of buffered bytes (503) → parse `{auth_data, payload,
+//! session_id}` (422) →
 //! count the workload → verify the signature (401, counted as rejected) → admission: the
 //! queue-time estimate (429, rejected) and, for FIFO routes, a place in the one-at-a-time line →
 //! POST the payload to the model server over a pooled connection → relay status, headers and
@@ -11,15 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use ferry_protocol::parse_worker_request_raw;
 use http::{Method, StatusCode, Uri};
+use http_body_util::BodyExt as _;
 use serde_json::Value;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::KeyStore;
 use crate::backends::Workload;
@@ -44,6 +46,8 @@ struct Shared {
     upstream: Upstream,
     /// One permit: FIFO routes run one at a time, in arrival order (tokio's semaphore is fair).
     fifo: Arc<Semaphore>,
+    /// One permit per request-body byte buffered (see [`read_body`]).
+    body_budget: Arc<Semaphore>,
     draining: AtomicBool,
     sessions: SessionStore,
     hooks: Option<Arc<dyn Hooks>>,
@@ -62,6 +66,7 @@ impl AppState {
     /// State for a worker with these settings.
     pub fn new(settings: Settings, tracker: Tracker, keys: Arc<KeyStore>) -> Self {
         let settings_max_sessions = settings.max_sessions;
+        let body_budget = settings.body_budget_bytes.min(Semaphore::MAX_PERMITS);
 
         let upstream = Upstream::new(
             &settings.model_server_url,
@@ -91,6 +96,7 @@ impl AppState {
                 keys,
                 upstream,
                 fifo: Arc::new(Semaphore::new(1)),
+                body_budget: Arc::new(Semaphore::new(body_budget)),
                 draining: AtomicBool::new(false),
                 sessions: SessionStore::new(settings_max_sessions),
                 hooks: None,
@@ -151,18 +157,21 @@ impl AppState {
     }
 }
 
+/// Largest body of the session and update routes: an `auth_data`, a lifetime, a callback.
+pub const MAX_CONTROL_BODY: usize = 1 << 20;
+
 /// The worker's router: the preset's routes, sessions, and the update hook.
 pub fn build_app(state: AppState) -> Router {
-    let limit = state.settings().max_body_bytes;
     Router::new()
         .route("/session/create", post(sessions::create))
         .route("/session/get", post(sessions::get))
         .route("/session/health", post(sessions::health))
         .route("/session/end", post(sessions::end))
         .route("/pyworker/update", post(update))
-        // Preset routes are matched in `serve` (one table lookup) rather than by the router.
+        .layer(DefaultBodyLimit::max(MAX_CONTROL_BODY))
+        // Preset routes are matched in `serve` (one table lookup) rather than by the router,
+        // and their bodies read there, only once the route is known (see `read_body`).
         .fallback(handle_request)
-        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
 
@@ -267,12 +276,9 @@ async fn not_found(method: Method, uri: Uri) -> Response {
     err.into_response()
 }
 
-async fn handle_request(
-    State(state): State<AppState>,
-    method: Method,
-    uri: Uri,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn handle_request(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (method, uri) = (parts.method, parts.uri);
     if method != Method::POST {
         return if state.settings().preset.route_for(uri.path()).is_some() {
             StatusCode::METHOD_NOT_ALLOWED.into_response()
@@ -280,7 +286,7 @@ async fn handle_request(
             not_found(method, uri).await
         };
     }
-    match serve(&state, uri.path(), body).await {
+    match serve(&state, uri.path(), &parts.headers, body).await {
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(code = e.code(), error = %e, path = uri.path(), "request refused");
@@ -305,7 +311,8 @@ fn route_label<'a>(state: &'a AppState, path: &'a str) -> &'a str {
 async fn serve(
     state: &AppState,
     path: &str,
-    body: Result<Bytes, BytesRejection>,
+    headers: &http::HeaderMap,
+    body: Body,
 ) -> Result<Response, WorkerError> {
     let settings = state.settings();
     let route = settings
@@ -315,13 +322,7 @@ async fn serve(
     if state.is_draining() {
         return Err(WorkerError::ShuttingDown);
     }
-    let bytes = body.map_err(|rej| {
-        if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            WorkerError::TooLarge(settings.max_body_bytes)
-        } else {
-            WorkerError::BadRequest(serde_json::json!({"error": rej.body_text()}))
-        }
-    })?;
+    let (bytes, budget) = read_body(state, headers, body).await?;
     let entered = epoch_now();
     let req = parse_worker_request_raw(&bytes).map_err(|e| match e.status() {
         410 => WorkerError::InvalidSession,
@@ -336,30 +337,35 @@ async fn serve(
         Workload::Constant(c) => Some(c),
         _ => None,
     };
-    let (workload, upstream_body) =
-        if constant.is_some() && hooks.is_none() && !settings.preset.unwrap_input {
-            (constant.unwrap_or_default(), subslice(&bytes, raw))
+    let (workload, upstream_body) = if constant.is_some()
+        && hooks.is_none()
+        && !settings.preset.unwrap_input
+    {
+        (constant.unwrap_or_default(), subslice(&bytes, raw))
+    } else {
+        // The envelope parser only delimits the payload; values it cannot hold (a number
+        // out of range, nesting past serde_json's limit) show up here: the client's fault.
+        let parsed: Value = serde_json::from_str(raw).map_err(|e| {
+            WorkerError::BadRequest(serde_json::json!({"payload": format!("invalid JSON: {e}")}))
+        })?;
+        let (payload, unwrapped) = if settings.preset.unwrap_input {
+            unwrap_input(parsed)
         } else {
-            let parsed: Value = serde_json::from_str(raw)
-                .map_err(|e| WorkerError::Internal(format!("re-reading the payload: {e}")))?;
-            let (payload, unwrapped) = if settings.preset.unwrap_input {
-                unwrap_input(parsed)
-            } else {
-                (parsed, false)
-            };
-            let counted = route.workload.count(&payload);
-            match hooks {
-                None if !unwrapped => (counted, subslice(&bytes, raw)),
-                None => (counted, to_bytes(&payload)?),
-                Some(h) => {
-                    let workload = h.workload(path, &payload, counted);
-                    let payload = h.prepare(path, payload).map_err(|r| {
-                        WorkerError::BadRequest(serde_json::json!({"error": r.message}))
-                    })?;
-                    (workload, to_bytes(&payload)?)
-                }
-            }
+            (parsed, false)
         };
+        let counted = route.workload.count(&payload);
+        match hooks {
+            None if !unwrapped => (counted, subslice(&bytes, raw)),
+            None => (counted, to_bytes(&payload)?),
+            Some(h) => {
+                let workload = h.workload(path, &payload, counted);
+                let payload = h.prepare(path, payload).map_err(|r| {
+                    WorkerError::BadRequest(serde_json::json!({"error": r.message}))
+                })?;
+                (workload, to_bytes(&payload)?)
+            }
+        }
+    };
     let auth = &req.auth_data;
     let tracker = state.tracker();
     // Inside a session: unknown ids are 410 (before the signature check, as PyWorker does), and
@@ -443,6 +449,8 @@ async fn serve(
             }
         },
     };
+    // The model server has the body by now (it answered): its buffer leaves the budget.
+    drop(budget);
     let res = match result {
         Ok(res) => res,
         Err(e) => {
@@ -471,6 +479,66 @@ async fn serve(
     *response.status_mut() = parts.status;
     copy_response_headers(&parts.headers, response.headers_mut());
     Ok(response)
+}
+
+/// Body bytes of one request that do not count against the budget: an LLM request's prompt
+/// fits, so a few large bodies can never starve ordinary requests (memory for these is bounded
+/// by the connection limit instead).
+const UNBUDGETED_BYTES: usize = 64 << 10;
+
+/// Reads a request body under three bounds: the per-request size limit (413, checked against
+/// `Content-Length` before a byte is read), a deadline for the whole body (408: a body trickled
+/// a byte at a time does not hold its buffer and connection for ever), and the worker-wide
+/// budget of buffered body bytes (503 with `Retry-After` once it is used up, so a burst of
+/// large bodies cannot grow memory without bound). The budget is taken as bytes arrive, not as
+/// `Content-Length` promises them. The permit returned holds the body's share of the budget
+/// until it is dropped.
+async fn read_body(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    mut body: Body,
+) -> Result<(Bytes, OwnedSemaphorePermit), WorkerError> {
+    let settings = state.settings();
+    let limit = settings.max_body_bytes;
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(WorkerError::TooLarge(limit));
+    }
+    let budget = &state.inner.body_budget;
+    let take = |n: usize| {
+        u32::try_from(n)
+            .ok()
+            .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+            .ok_or(WorkerError::BodyBudget)
+    };
+    let mut permit = take(0)?;
+    let first = declared.map_or(0, |n| (n as usize).min(UNBUDGETED_BYTES));
+    let mut buf = bytes::BytesMut::with_capacity(first);
+    let deadline = tokio::time::Instant::now() + settings.body_timeout;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| WorkerError::BodyTimeout(settings.body_timeout.as_secs()))?;
+        let Some(frame) = frame else { break };
+        let frame = frame.map_err(|e| {
+            WorkerError::BadRequest(serde_json::json!({"error": format!("reading the body: {e}")}))
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let len = buf.len() + data.len();
+        if len > limit {
+            return Err(WorkerError::TooLarge(limit));
+        }
+        let owed = len.saturating_sub(UNBUDGETED_BYTES);
+        if owed > permit.num_permits() {
+            permit.merge(take(owed - permit.num_permits())?);
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), permit))
 }
 
 /// Vast's OpenAI workers accept `{"input": {...}}` as well as the bare payload. Returns the

@@ -105,7 +105,12 @@ impl SessionStore {
 
 async fn close(state: &AppState, id: &str, mut s: Session) {
     s.cancel.cancel();
-    if let Some(route) = s.on_close_route.clone() {
+    // Checked again here: the one place the worker POSTs to an address a client named.
+    let callback = s
+        .on_close_route
+        .clone()
+        .filter(|r| check_callback(r, &state.settings().session_callback_origins).is_ok());
+    if let Some(route) = callback {
         let mut body = match s.on_close_payload.take() {
             Some(Value::Object(m)) => Value::Object(m),
             None | Some(Value::Null) => json!({}),
@@ -215,6 +220,15 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         .get("on_close_route")
         .and_then(Value::as_str)
         .map(str::to_string);
+    if let Some(Err(e)) = on_close_route
+        .as_deref()
+        .map(|r| check_callback(r, &settings.session_callback_origins))
+    {
+        return json_status(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!({"payload": {"on_close_route": e}}),
+        );
+    }
     let on_close_payload = on_close_route
         .as_ref()
         .and(payload.get("on_close_payload").cloned())
@@ -370,4 +384,66 @@ pub async fn end(State(state): State<AppState>, body: Bytes) -> Response {
         StatusCode::OK,
         json!({"ended": true, "removed_session": id}),
     )
+}
+
+/// Whether a session's `on_close_route` may be called: a path on the model server (`/...`),
+/// or a full URL whose origin is listed in `origins` (`FERRY_SESSION_CALLBACK_ORIGINS`).
+/// Anything else would let whoever holds one grant make the worker POST to any address.
+pub fn check_callback(route: &str, origins: &[String]) -> Result<(), &'static str> {
+    if route.starts_with('/') && !route.starts_with("//") {
+        return route
+            .parse::<http::uri::PathAndQuery>()
+            .map(drop)
+            .map_err(|_| "is not a valid path");
+    }
+    match origin_of(route) {
+        Some(o) if origins.contains(&o) => Ok(()),
+        _ => Err(
+            "must be a path on the model server (like /session_closed); full URLs only \
+                  for origins listed in FERRY_SESSION_CALLBACK_ORIGINS",
+        ),
+    }
+}
+
+/// `scheme://host[:port]` of an absolute http(s) URL without credentials, else `None`.
+pub fn origin_of(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str().filter(|s| *s == "http" || *s == "https")?;
+    let authority = uri.authority()?.as_str();
+    if authority.contains('@') || authority.is_empty() {
+        return None;
+    }
+    Some(format!("{scheme}://{authority}"))
+}
+
+#[cfg(test)]
+mod callback_tests {
+    use super::{check_callback, origin_of};
+
+    #[test]
+    fn only_model_paths_and_listed_origins_are_callable() {
+        let allowed = vec!["http://10.0.0.5:9000".to_string()];
+        for ok in ["/session_closed", "/a/b?c=d"] {
+            assert_eq!(check_callback(ok, &[]), Ok(()), "{ok}");
+        }
+        assert_eq!(
+            check_callback("http://10.0.0.5:9000/done", &allowed),
+            Ok(())
+        );
+        for bad in [
+            "http://169.254.169.254/latest/meta-data",
+            "http://10.0.0.5:9000/done",
+            "//evil.example/x",
+            "https://user@10.0.0.5:9000/x",
+            "file:///etc/passwd",
+            "session_closed",
+            "",
+            "/bad path",
+        ] {
+            assert!(check_callback(bad, &[]).is_err(), "{bad}");
+        }
+        assert!(check_callback("http://10.0.0.5:9001/done", &allowed).is_err());
+        assert!(check_callback("http://user@10.0.0.5:9000/x", &allowed).is_err());
+        assert_eq!(origin_of("https://h:1/x").as_deref(), Some("https://h:1"));
+    }
 }

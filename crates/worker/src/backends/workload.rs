@@ -4,6 +4,10 @@ use serde_json::Value;
 
 use super::DEFAULT_WORKLOAD;
 
+/// The largest workload one request counts for (a trillion tokens): far beyond any real
+/// request, small enough that millions of them still sum to a finite number.
+pub const MAX_WORKLOAD: f64 = 1e12;
+
 /// A workload formula over the (unwrapped) payload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Workload {
@@ -106,10 +110,13 @@ impl Workload {
 
     /// The workload of a payload, falling back to Vast's default (100) as PyWorker does when the
     /// calculator fails or yields a non-finite or negative number.
+    /// The result is capped at [`MAX_WORKLOAD`], so that sums of hostile values (`1e308`) stay
+    /// finite in the load reports.
     pub fn count(&self, payload: &Value) -> f64 {
         self.eval(payload)
             .filter(|n| n.is_finite())
             .unwrap_or(DEFAULT_WORKLOAD)
+            .min(MAX_WORKLOAD)
     }
 }
 
