@@ -5,7 +5,10 @@
 
 use clap::ArgMatches;
 
-use crate::{Listeners, Worker, WorkerArgs};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{Worker, WorkerArgs};
 
 /// Why the worker command ended early.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +32,21 @@ pub fn run(matches: &ArgMatches) -> Result<(), CliError> {
     let runtime = runtime(settings.threads)
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
-        let listeners = Listeners::bind(&settings)
-            .await
-            .map_err(|e| CliError::Runtime(format!("binding {}: {e}", settings.listen)))?;
         let worker = Worker::new(settings)
             .map_err(|e| CliError::Runtime(format!("starting the worker: {e}")))?;
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let signals = TaskTracker::new();
+        signals.spawn(async move {
+            shutdown_signal().await;
+            signal.cancel();
+        });
+        signals.close();
+        let Some(listeners) = worker.bind(&stop).await else {
+            return Ok(()); // stopped before the port came free
+        };
         worker
-            .run_with(listeners, shutdown_signal())
+            .run_with(listeners, stop.cancelled_owned())
             .await
             .map_err(|e| CliError::Runtime(format!("serving: {e}")))
     })

@@ -99,6 +99,48 @@ impl Worker {
         Ok(Worker { state, http, grace })
     }
 
+    /// Binds the settings' listeners, retrying with back-off while that fails (the port is
+    /// still held by an instance that is exiting, or by another process). Meanwhile every
+    /// failure is reported to the control plane as `error_msg`, as PyWorker reports a failed
+    /// launch, instead of the worker vanishing without a word. `None` once `stop` fires first.
+    pub async fn bind(&self, stop: &CancellationToken) -> Option<Listeners> {
+        let settings = self.state.settings();
+        let mut delay = Duration::from_millis(500);
+        let reporting = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let mut last_error = None;
+        let bound = loop {
+            match Listeners::bind(settings).await {
+                Ok(l) => break Some(l),
+                Err(e) => {
+                    let msg = format!("failed to launch: binding {}: {e}", settings.listen);
+                    tracing::error!(error = %msg, retry_in = ?delay, "cannot bind");
+                    self.state.tracker().model_errored(msg.clone());
+                    if last_error.replace(msg).is_none() {
+                        let reporter = report::Reporter::new(
+                            self.http.clone(),
+                            settings,
+                            self.state.tracker().clone(),
+                        );
+                        tasks.spawn(reporter.status_loop(reporting.child_token()));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break None,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        };
+        reporting.cancel();
+        tasks.close();
+        tasks.wait().await;
+        if let Some(msg) = last_error {
+            self.state.tracker().clear_error(&msg);
+        }
+        bound
+    }
+
     /// Installs code-level request hooks (see [`hooks`]).
     pub fn with_hooks(mut self, hooks: Arc<dyn hooks::Hooks>) -> Self {
         self.state = self.state.with_hooks(hooks);

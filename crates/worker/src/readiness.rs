@@ -23,6 +23,12 @@ use crate::benchmark::{self, BenchmarkCache, BenchmarkSpec};
 use crate::forward::Upstream;
 use crate::load::Tracker;
 
+/// First wait before a failed readiness sequence is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two readiness attempts.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// How the worker learns the model is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -168,24 +174,35 @@ struct Ctx {
 }
 
 impl Ctx {
-    /// The readiness sequence. Returns true when the worker was marked ready.
+    /// The readiness sequence, retried with back-off until it succeeds: each failure is
+    /// reported as `error_msg` (the control plane sees why the worker is not ready), and the
+    /// worker never gives up on a model server that may still come right (one still loading
+    /// its weights may answer garbage for a while). Returns true when the worker was marked
+    /// ready, false when cancelled.
     async fn become_ready(&self, cancel: &CancellationToken) -> bool {
-        let result = tokio::select! {
-            _ = cancel.cancelled() => return false,
-            r = self.sequence() => r,
-        };
-        match result {
-            Ok(perf) => {
-                tracing::info!(max_perf = perf, "model ready");
-                self.tracker.model_loaded(perf);
-                self.tracker.clear_any_error();
-                true
+        let mut delay = RETRY_FIRST;
+        loop {
+            let result = tokio::select! {
+                _ = cancel.cancelled() => return false,
+                r = self.sequence() => r,
+            };
+            match result {
+                Ok(perf) => {
+                    tracing::info!(max_perf = perf, "model ready");
+                    self.tracker.model_loaded(perf);
+                    self.tracker.clear_any_error();
+                    return true;
+                }
+                Err(msg) => {
+                    tracing::error!(error = %msg, retry_in = ?delay, "readiness failed");
+                    self.tracker.model_errored(msg);
+                }
             }
-            Err(msg) => {
-                tracing::error!(error = %msg, "readiness failed");
-                self.tracker.model_errored(msg);
-                false
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
             }
+            delay = (delay * 2).min(RETRY_MAX);
         }
     }
 

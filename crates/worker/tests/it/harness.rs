@@ -159,49 +159,7 @@ impl TestWorker {
         extra: &[&str],
         hooks: Option<std::sync::Arc<dyn ferry_worker::hooks::Hooks>>,
     ) -> TestWorker {
-        let defaults = [
-            "--worker-port",
-            "0",
-            "--listen-host",
-            "127.0.0.1",
-            "--report-addr",
-            cp_url,
-            "--model-server-url",
-            model_url,
-            "--container-id",
-            "7",
-            "--master-token",
-            "mtoken-secret",
-            "--public-ipaddr",
-            "127.0.0.1",
-            "--public-port",
-            "3000",
-            "--report-tick-ms",
-            "50",
-            "--report-retry-ms",
-            "50",
-            "--benchmark-cache",
-            "",
-        ];
-        let cache = std::env::temp_dir()
-            .join(format!("ferry-it-{}-{}", std::process::id(), next_id()))
-            .join("has_benchmark");
-        let mut argv = vec!["worker".to_string()];
-        // Defaults come in flag/value pairs; a flag given in `extra` replaces its default.
-        for pair in defaults.chunks(2) {
-            if !extra.contains(&pair[0]) {
-                argv.push(pair[0].to_string());
-                let v = if pair[0] == "--benchmark-cache" {
-                    cache.display().to_string()
-                } else {
-                    pair[1].to_string()
-                };
-                argv.push(v);
-            }
-        }
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let (args, presets) = WorkerArgs::parse_from(argv).expect("args");
-        let settings = args.validate(&presets).expect("settings");
+        let settings = test_settings(cp_url, model_url, extra);
         let scheme = if settings.tls.is_some() {
             "https"
         } else {
@@ -274,6 +232,54 @@ impl TestWorker {
             .await
             .unwrap()
     }
+}
+
+/// Worker settings for tests: quick report timing, a fresh benchmark cache, loopback ports,
+/// plus `extra` flags (a flag given there replaces its default).
+pub fn test_settings(cp_url: &str, model_url: &str, extra: &[&str]) -> ferry_worker::Settings {
+    let defaults = [
+        "--worker-port",
+        "0",
+        "--listen-host",
+        "127.0.0.1",
+        "--report-addr",
+        cp_url,
+        "--model-server-url",
+        model_url,
+        "--container-id",
+        "7",
+        "--master-token",
+        "mtoken-secret",
+        "--public-ipaddr",
+        "127.0.0.1",
+        "--public-port",
+        "3000",
+        "--report-tick-ms",
+        "50",
+        "--report-retry-ms",
+        "50",
+        "--benchmark-cache",
+        "",
+    ];
+    let cache = std::env::temp_dir()
+        .join(format!("ferry-it-{}-{}", std::process::id(), next_id()))
+        .join("has_benchmark");
+    let mut argv = vec!["worker".to_string()];
+    // Defaults come in flag/value pairs; a flag given in `extra` replaces its default.
+    for pair in defaults.chunks(2) {
+        if !extra.contains(&pair[0]) {
+            argv.push(pair[0].to_string());
+            let v = if pair[0] == "--benchmark-cache" {
+                cache.display().to_string()
+            } else {
+                pair[1].to_string()
+            };
+            argv.push(v);
+        }
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    let (args, presets) = WorkerArgs::parse_from(argv).expect("args");
+    args.validate(&presets).expect("settings")
 }
 
 fn next_id() -> u64 {

@@ -5,6 +5,7 @@
 
 mod admin;
 mod binary;
+mod hardening;
 mod harness;
 mod lifecycle;
 mod presets;
