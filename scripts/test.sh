@@ -2,7 +2,8 @@
 # The one test command. Installs what the tests need by itself, then runs the same gate CI runs:
 # formatting, clippy with warnings denied, docs with warnings denied, every Rust test, the tests
 # against real peers (llama.cpp's llama-server with real models, Vast's official Python client and
-# PyWorker, the openai package), and the side-by-side benchmark's smoke mode.
+# PyWorker, the openai package), fault injection under load through the official client, and the
+# side-by-side benchmark's smoke mode.
 #
 # Real peers are installed by scripts/setup-peers.sh into ~/.cache/ferry (keyed by version and
 # CPU): the first run builds llama-server (about 10 minutes on 2 cores), later runs take seconds.
@@ -44,6 +45,9 @@ cargo test -p ferry-worker --test peers --locked -- --ignored
 
 step "Vast's official client and PyWorker, and the openai package, against ferry control"
 bash scripts/peer-tests.sh --build
+
+step "fault injection under load through the official client (scripts/fault-tests.sh)"
+bash scripts/fault-tests.sh
 
 step "side-by-side benchmark, smoke mode (bench/run.sh --quick)"
 bash bench/run.sh --quick

@@ -63,6 +63,17 @@ pub struct SimConfig {
     #[arg(long = "log-file", env = "MODEL_LOG", value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    /// Request log: one line per model request (every `POST` outside `/sim/`), written on
+    /// arrival before anything else happens to it: the path, a space, and the body with line
+    /// breaks turned into spaces. Tests read it to see which requests a model saw, and how
+    /// often (a request executed twice). Off when unset.
+    #[arg(
+        long = "request-log",
+        env = "FERRY_SIM_REQUEST_LOG",
+        value_name = "PATH"
+    )]
+    pub request_log: Option<PathBuf>,
+
     /// Line written to the log once loading is done.
     #[arg(long = "loaded-line", env = "FERRY_SIM_LOADED_LINE", value_name = "LINE",
           default_value = DEFAULT_LOADED_LINE)]
@@ -88,6 +99,7 @@ impl Default for SimConfig {
             stall: None,
             disconnect_after: None,
             log_file: None,
+            request_log: None,
             loaded_line: DEFAULT_LOADED_LINE.to_owned(),
             max_tokens_default: DEFAULT_MAX_TOKENS,
             seed: 0,
@@ -162,6 +174,8 @@ mod tests {
             "3",
             "--log-file",
             "/tmp/model.log",
+            "--request-log",
+            "/tmp/requests.log",
             "--loaded-line",
             "model loaded",
             "--max-tokens-default",
@@ -178,6 +192,7 @@ mod tests {
             stall: Some(Duration::from_millis(100)),
             disconnect_after: Some(3),
             log_file: Some(PathBuf::from("/tmp/model.log")),
+            request_log: Some(PathBuf::from("/tmp/requests.log")),
             loaded_line: "model loaded".into(),
             max_tokens_default: 32,
             seed: 7,

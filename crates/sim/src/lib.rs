@@ -31,6 +31,12 @@
 //! (deterministic from the seed), cut the connection after N tokens, slow load, failing
 //! health. A client going away mid-reply stops generation and counts as `cancelled`.
 //!
+//! # Request log
+//!
+//! With `--request-log PATH` every model request (a `POST` outside `/sim/`) is appended to
+//! `PATH` on arrival, one line each (`path body`), so a test can tell which requests a model
+//! saw and how often (the fault-injection suite counts requests executed twice with it).
+//!
 //! # Layout
 //!
 //! - `config`: [`SimConfig`], the `ferry sim-model` flags.

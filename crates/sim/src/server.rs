@@ -10,9 +10,10 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -40,7 +41,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The sim's routes, all on one server.
 pub fn build_app(state: SimState) -> Router {
-    Router::new()
+    let app = Router::new()
         .route("/health", get(health))
         .route("/v1/models", get(openai::models))
         .route("/v1/completions", post(openai::completions))
@@ -53,8 +54,36 @@ pub fn build_app(state: SimState) -> Router {
         .route("/echo", post(echo))
         .route("/sim/stats", get(stats))
         .route("/sim/control", post(control))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    let app = if state.config().request_log.is_some() {
+        app.layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_request,
+        ))
+    } else {
+        app
+    };
+    app.with_state(state)
+}
+
+/// With `--request-log`: writes every model request (a `POST` outside `/sim/`) to the request
+/// log on arrival, then serves it as usual.
+async fn record_request(State(state): State<SimState>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || req.uri().path().starts_with("/sim/") {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return control_error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}"))
+        }
+    };
+    if let Err(e) = state.record_request(parts.uri.path(), &bytes) {
+        tracing::warn!(error = %e, "sim: could not write the request log");
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 /// `GET /health`: llama-server's answers. 200 `{"status":"ok"}` once loaded and healthy, 503

@@ -234,6 +234,30 @@ impl SimState {
         file.flush()
     }
 
+    /// Appends one model request to the request log (`--request-log`): `path body`, the
+    /// body's line breaks turned into spaces so each request is one line. Without a request
+    /// log this does nothing.
+    pub fn record_request(&self, path: &str, body: &[u8]) -> io::Result<()> {
+        let Some(log) = &self.inner.config.request_log else {
+            return Ok(());
+        };
+        let mut buf = Vec::with_capacity(path.len() + body.len() + 2);
+        buf.extend_from_slice(path.as_bytes());
+        buf.push(b' ');
+        buf.extend(body.iter().map(|&b| match b {
+            b'\n' | b'\r' => b' ',
+            b => b,
+        }));
+        buf.push(b'\n');
+        let _serialized = self
+            .inner
+            .log_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = OpenOptions::new().create(true).append(true).open(log)?;
+        file.write_all(&buf)
+    }
+
     /// Counts a new model request and returns the guard that settles its outcome, with the
     /// request's arrival index.
     pub(crate) fn begin_request(&self) -> RequestGuard {

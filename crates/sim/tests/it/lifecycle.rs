@@ -101,6 +101,33 @@ async fn custom_loaded_line_is_written_at_once_without_load_time() {
 }
 
 #[tokio::test]
+async fn request_log_has_one_line_per_model_request() {
+    let log = temp_log("requests");
+    let sim = start(SimConfig {
+        request_log: Some(log.clone()),
+        ..SimConfig::default()
+    })
+    .await;
+    post_json(
+        &sim,
+        "/v1/completions",
+        &json!({"prompt": "a\nb", "max_tokens": 1}),
+        200,
+    )
+    .await;
+    post_json(&sim, "/generate", &json!({"inputs": "c"}), 200).await;
+    post_json(&sim, "/sim/control", &json!({"healthy": true}), 200).await;
+    assert_eq!(get(&sim, "/health").await.status(), 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert!(lines[0].starts_with("/v1/completions {"), "{text:?}");
+    assert!(lines[0].contains(r#""a\nb""#), "{text:?}");
+    assert!(lines[1].starts_with("/generate {"), "{text:?}");
+    std::fs::remove_file(&log).unwrap();
+}
+
+#[tokio::test]
 async fn unwritable_log_fails_start() {
     let result = ferry_sim::SimServer::start(SimConfig {
         log_file: Some(temp_log("missing-dir").join("model.log")),
