@@ -151,6 +151,20 @@ impl AppState {
         self.inner.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Takes `n` bytes from the budget of buffered request bodies, or refuses at once (503).
+    fn take_budget(&self, n: usize) -> Result<OwnedSemaphorePermit, WorkerError> {
+        u32::try_from(n)
+            .ok()
+            .and_then(|n| {
+                self.inner
+                    .body_budget
+                    .clone()
+                    .try_acquire_many_owned(n)
+                    .ok()
+            })
+            .ok_or(WorkerError::BodyBudget)
+    }
+
     /// Whether the worker is draining.
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
@@ -322,7 +336,7 @@ async fn serve(
     if state.is_draining() {
         return Err(WorkerError::ShuttingDown);
     }
-    let (bytes, budget) = read_body(state, headers, body).await?;
+    let (bytes, mut budget) = read_body(state, headers, body).await?;
     let entered = epoch_now();
     let req = parse_worker_request_raw(&bytes).map_err(|e| match e.status() {
         410 => WorkerError::InvalidSession,
@@ -345,6 +359,8 @@ async fn serve(
     } else {
         // The envelope parser only delimits the payload; values it cannot hold (a number
         // out of range, nesting past serde_json's limit) show up here: the client's fault.
+        // The parsed copy of a large payload counts against the budget too.
+        budget.merge(state.take_budget(raw.len().saturating_sub(UNBUDGETED_BYTES))?);
         let parsed: Value = serde_json::from_str(raw).map_err(|e| {
             WorkerError::BadRequest(serde_json::json!({"payload": format!("invalid JSON: {e}")}))
         })?;
@@ -506,14 +522,7 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(WorkerError::TooLarge(limit));
     }
-    let budget = &state.inner.body_budget;
-    let take = |n: usize| {
-        u32::try_from(n)
-            .ok()
-            .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
-            .ok_or(WorkerError::BodyBudget)
-    };
-    let mut permit = take(0)?;
+    let mut permit = state.take_budget(0)?;
     let first = declared.map_or(0, |n| (n as usize).min(UNBUDGETED_BYTES));
     let mut buf = bytes::BytesMut::with_capacity(first);
     let deadline = tokio::time::Instant::now() + settings.body_timeout;
@@ -534,7 +543,12 @@ async fn read_body(
         }
         let owed = len.saturating_sub(UNBUDGETED_BYTES);
         if owed > permit.num_permits() {
-            permit.merge(take(owed - permit.num_permits())?);
+            // Past the free part: the announced length is taken from the budget and allocated
+            // at once (no doubling, no slack beyond what was counted); without a length, as
+            // the bytes come.
+            let want = declared.map_or(owed, |n| (n as usize).max(len) - UNBUDGETED_BYTES);
+            permit.merge(state.take_budget(want - permit.num_permits())?);
+            buf.reserve(declared.map_or(0, |n| n as usize).saturating_sub(buf.len()));
         }
         buf.extend_from_slice(&data);
     }
