@@ -5,6 +5,7 @@
 
 mod admin;
 mod binary;
+mod connections;
 mod harness;
 mod lifecycle;
 mod presets;
