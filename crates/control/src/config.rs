@@ -94,6 +94,24 @@ pub struct ControlArgs {
     /// RSA key size for a newly generated signing key.
     #[arg(long, env = "FERRY_KEY_BITS", default_value = "2048")]
     pub key_bits: usize,
+
+    /// Most client connections held open; at the limit the oldest one not serving a request is
+    /// closed for a new one. Default: a quarter of the open-file limit, at most 8192.
+    #[arg(long, env = "FERRY_CONTROL_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client gets to send a request's headers (from connect, or from a kept-alive
+    /// connection's first new byte).
+    #[arg(long, env = "FERRY_CONTROL_HEADER_TIMEOUT_S", default_value = "10")]
+    pub header_timeout_s: u64,
+
+    /// Seconds a kept-alive client connection may stay idle between requests.
+    #[arg(
+        long,
+        env = "FERRY_CONTROL_CLIENT_IDLE_TIMEOUT_S",
+        default_value = "75"
+    )]
+    pub client_idle_timeout_s: u64,
 }
 
 /// Validated settings.
@@ -126,6 +144,8 @@ pub struct Settings {
     /// A PEM signing key to use when the database has none yet (tests share one key to skip
     /// RSA generation).
     pub signing_key_pem: Option<String>,
+    /// The listener's limits: connections, header and idle timeouts.
+    pub connections: ferry_serve::Limits,
 }
 
 impl Settings {
@@ -145,6 +165,7 @@ impl Settings {
             gateway_wait: Duration::from_secs(300),
             key_bits: 2048,
             signing_key_pem: None,
+            connections: ferry_serve::Limits::new("control"),
         }
     }
 }
@@ -208,6 +229,25 @@ impl ControlArgs {
             gateway_wait: ms(self.gateway_wait_s * 1000, "--gateway-wait-s")?,
             key_bits: self.key_bits,
             signing_key_pem: None,
+            connections: {
+                let mut limits = ferry_serve::Limits::new("control")
+                    .header_timeout(ms(
+                        self.header_timeout_s.saturating_mul(1000),
+                        "--header-timeout-s",
+                    )?)
+                    .idle_timeout(ms(
+                        self.client_idle_timeout_s.saturating_mul(1000),
+                        "--client-idle-timeout-s",
+                    )?);
+                match self.max_connections {
+                    Some(0) => {
+                        return Err(ConfigError::new("--max-connections", "must be positive"))
+                    }
+                    Some(n) => limits = limits.max_connections(n),
+                    None => {}
+                }
+                limits
+            },
         })
     }
 }
@@ -222,5 +262,48 @@ fn default_state_dir() -> Result<PathBuf, ConfigError> {
             "--state-dir",
             "HOME is not set; pass --state-dir",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, FromArgMatches};
+
+    fn validate(argv: &[&str]) -> Result<Settings, ConfigError> {
+        let mut full = vec!["control", "--state-dir", "/tmp/ferry-control-test"];
+        full.extend_from_slice(argv);
+        let matches = ControlArgs::augment_args(clap::Command::new("control"))
+            .try_get_matches_from(full)
+            .unwrap();
+        let args = ControlArgs::from_arg_matches(&matches).unwrap();
+        args.validate("127.0.0.1:8080".parse().unwrap())
+    }
+
+    #[test]
+    fn client_connection_settings() {
+        let s = validate(&[]).unwrap();
+        assert_eq!(s.connections.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.connections.idle_timeout, Duration::from_secs(75));
+        assert_eq!(
+            s.connections.max_connections,
+            ferry_serve::share_of_open_files(4)
+        );
+        let s = validate(&[
+            "--max-connections",
+            "16",
+            "--header-timeout-s",
+            "3",
+            "--client-idle-timeout-s",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(s.connections.max_connections, 16);
+        assert_eq!(s.connections.header_timeout, Duration::from_secs(3));
+        assert_eq!(s.connections.idle_timeout, Duration::from_secs(9));
+        let e = validate(&["--max-connections", "0"]).unwrap_err();
+        assert_eq!(e.setting, "--max-connections");
+        let e = validate(&["--header-timeout-s", "0"]).unwrap_err();
+        assert_eq!(e.setting, "--header-timeout-s");
     }
 }

@@ -188,16 +188,21 @@ pub async fn run(
     let stop = CancellationToken::new();
     let graceful = stop.clone();
     let app = build_app(control.clone());
-    // No Nagle: relayed stream chunks go out at once.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { graceful.cancelled().await })
-            .await
-    });
-    tracing::info!(listen = %addr, url = %control.settings().public_url, "ferry control serving");
+    // Header and idle timeouts and the connection limit (ferry_serve); no Nagle, so relayed
+    // stream chunks go out at once.
+    let limits = control.settings().connections.clone();
+    let mut server = tokio::spawn(ferry_serve::serve(
+        listener,
+        app,
+        limits,
+        graceful.cancelled_owned(),
+    ));
+    tracing::info!(
+        listen = %addr,
+        url = %control.settings().public_url,
+        max_connections = control.settings().connections.max_connections,
+        "ferry control serving"
+    );
     let result = tokio::select! {
         _ = shutdown => {
             // Workers first, while they can still deliver their last reports (see
@@ -228,6 +233,9 @@ pub async fn run_cli(
     args: ControlArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    // Before the connection limit is derived from it: as many descriptors as allowed.
+    let open_files = ferry_serve::raise_open_file_limit();
+    tracing::debug!(open_files, "open-file limit");
     let listener = TcpListener::bind(args.listen.as_str())
         .await
         .map_err(|e| ConfigError::new("--listen", format!("binding {}: {e}", args.listen)))?;

@@ -30,6 +30,9 @@ pub fn run(matches: &ArgMatches) -> Result<(), CliError> {
     let settings = args
         .validate(&presets)
         .map_err(|e| CliError::Config(e.to_string()))?;
+    // Before any limit is derived from it: as many descriptors as the hard limit allows.
+    let open_files = ferry_serve::raise_open_file_limit();
+    tracing::debug!(open_files, "open-file limit");
     let runtime = runtime(settings.threads)
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {

@@ -242,6 +242,22 @@ pub struct WorkerArgs {
     /// Seconds in-flight requests get to finish after SIGTERM.
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE_S", default_value = "30")]
     pub shutdown_grace_s: Option<u64>,
+
+    /// Most client connections the main listener holds open; at the limit the oldest one not
+    /// serving a request is closed for a new one. Default: a quarter of the open-file limit, at
+    /// most 8192 (the side and admin listeners take a sixteenth each).
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds a client gets to send a request's headers (from connect, or from a kept-alive
+    /// connection's first new byte), on every listener.
+    #[arg(long, env = "FERRY_HEADER_TIMEOUT_S", default_value = "10")]
+    pub header_timeout_s: Option<u64>,
+
+    /// Seconds a kept-alive client connection may stay idle between requests, on every listener
+    /// (not the model server's idle timeout, FERRY_IDLE_TIMEOUT_S).
+    #[arg(long, env = "FERRY_CLIENT_IDLE_TIMEOUT_S", default_value = "75")]
+    pub client_idle_timeout_s: Option<u64>,
 }
 
 /// A configuration problem, printed as one line naming the setting.
@@ -333,6 +349,12 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub shutdown_grace: Duration,
     pub session_gc: Duration,
+    /// Main listener's connection limit; `None` derives it from the open-file limit at start.
+    pub max_connections: Option<std::num::NonZeroUsize>,
+    /// Client header timeout, every listener.
+    pub header_timeout: Duration,
+    /// Client keep-alive idle timeout, every listener.
+    pub client_idle_timeout: Duration,
 }
 
 /// Python's `strtobool`, as PyWorker reads UNSECURED.
@@ -671,6 +693,20 @@ impl WorkerArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_s.unwrap_or(30)),
             session_gc: nonzero_ms(self.session_gc_ms, "FERRY_SESSION_GC_MS")?,
             threads: self.threads.unwrap_or(1),
+            max_connections: match self.max_connections {
+                None => None,
+                Some(n) => Some(std::num::NonZeroUsize::new(n).ok_or_else(|| {
+                    ConfigError::new("FERRY_MAX_CONNECTIONS", "must be a positive number")
+                })?),
+            },
+            header_timeout: nonzero_ms(
+                self.header_timeout_s.map(|s| s.saturating_mul(1000)),
+                "FERRY_HEADER_TIMEOUT_S",
+            )?,
+            client_idle_timeout: nonzero_ms(
+                self.client_idle_timeout_s.map(|s| s.saturating_mul(1000)),
+                "FERRY_CLIENT_IDLE_TIMEOUT_S",
+            )?,
         })
     }
 }
@@ -871,5 +907,31 @@ mod tests {
         std::fs::write(&path, "no_such_setting = 1\n").unwrap();
         let e = parse(&["--config", path.to_str().unwrap()]).unwrap_err();
         assert!(e.reason.contains("no_such_setting"), "{e}");
+    }
+
+    #[test]
+    fn client_connection_settings() {
+        let s = parse(&["--public-port", "1"]).unwrap();
+        assert_eq!(s.max_connections, None);
+        assert_eq!(s.header_timeout, Duration::from_secs(10));
+        assert_eq!(s.client_idle_timeout, Duration::from_secs(75));
+        let s = parse(&[
+            "--public-port",
+            "1",
+            "--max-connections",
+            "16",
+            "--header-timeout-s",
+            "3",
+            "--client-idle-timeout-s",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(s.max_connections.map(|n| n.get()), Some(16));
+        assert_eq!(s.header_timeout, Duration::from_secs(3));
+        assert_eq!(s.client_idle_timeout, Duration::from_secs(9));
+        let e = parse(&["--public-port", "1", "--max-connections", "0"]).unwrap_err();
+        assert_eq!(e.setting, "FERRY_MAX_CONNECTIONS");
+        let e = parse(&["--public-port", "1", "--header-timeout-s", "0"]).unwrap_err();
+        assert_eq!(e.setting, "FERRY_HEADER_TIMEOUT_S");
     }
 }

@@ -33,7 +33,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -239,28 +238,31 @@ impl Worker {
         if let Some(side) = listeners.side {
             tracing::info!(listen = %side.local_addr()?, "session side listener");
             let app = build_side_app(state.clone());
+            let limits = client_limits(ferry_serve::Limits::auxiliary("side"), &settings);
             let c = cancel.child_token();
             tasks.spawn(async move {
-                let _ = axum::serve(side, app)
-                    .with_graceful_shutdown(async move { c.cancelled().await })
-                    .await;
+                let _ = ferry_serve::serve(side, app, limits, c.cancelled_owned()).await;
             });
         }
         if let Some(admin) = listeners.admin {
             tracing::info!(listen = %admin.local_addr()?, "admin listener");
             let app = server::build_admin_app(state.clone());
+            let limits = client_limits(ferry_serve::Limits::auxiliary("admin"), &settings);
             let c = cancel.child_token();
             tasks.spawn(async move {
-                let _ = axum::serve(admin, app)
-                    .with_graceful_shutdown(async move { c.cancelled().await })
-                    .await;
+                let _ = ferry_serve::serve(admin, app, limits, c.cancelled_owned()).await;
             });
         }
 
         let local = listeners.main.local_addr()?;
+        let mut limits = client_limits(ferry_serve::Limits::new("main"), &settings);
+        if let Some(max) = settings.max_connections {
+            limits = limits.max_connections(max.get());
+        }
         tracing::info!(
             listen = %local,
             tls = tls.is_some(),
+            max_connections = limits.max_connections,
             url = %settings.public_url,
             model = %settings.model_server_url,
             preset = settings.preset.name,
@@ -287,16 +289,13 @@ impl Worker {
         let main = listeners.main;
         let mut server = tokio::spawn(async move {
             let signal = async move { graceful.cancelled().await };
+            // Both set TCP_NODELAY: a stream's first small chunk must not wait for the ACK of
+            // the headers (with the client's delayed ACK that added ~40 ms to time to first token).
             match tls {
-                Some(cfg) => tls::serve(main, cfg, app, signal).await,
-                // No Nagle: a stream's first small chunk must not wait for the ACK of the headers
-                // (with the client's delayed ACK that added ~40 ms to time to first token).
-                None => {
-                    let main = main.tap_io(|tcp| {
-                        let _ = tcp.set_nodelay(true);
-                    });
-                    axum::serve(main, app).with_graceful_shutdown(signal).await
+                Some(cfg) => {
+                    ferry_serve::serve_with(main, tls::Tls::new(cfg), app, limits, signal).await
                 }
+                None => ferry_serve::serve(main, app, limits, signal).await,
             }
         });
 
@@ -334,4 +333,11 @@ impl Worker {
         tracing::info!("ferry worker stopped");
         result
     }
+}
+
+/// A listener's limits with the client timeouts from `settings`.
+fn client_limits(limits: ferry_serve::Limits, settings: &Settings) -> ferry_serve::Limits {
+    limits
+        .header_timeout(settings.header_timeout)
+        .idle_timeout(settings.client_idle_timeout)
 }

@@ -1,18 +1,12 @@
 //! TLS for the worker's main listener when USE_SSL is "true": the certificate and key Vast's
 //! start script writes (`/etc/instance.crt`, `/etc/instance.key`), or paths given in settings.
-//! Plain listeners use `axum::serve`; this module is the TLS accept loop beside it, with the same
-//! graceful shutdown (stop accepting, let open connections finish).
+//! The accept loop is [`ferry_serve`]'s, shared with plain HTTP; this module supplies the handshake.
 
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 /// Why TLS could not be set up.
@@ -65,48 +59,27 @@ pub fn load_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>,
     Ok(Arc::new(config))
 }
 
-/// Serves `app` over TLS until `shutdown`, then waits for open connections to finish.
-pub async fn serve(
-    listener: TcpListener,
-    config: Arc<rustls::ServerConfig>,
-    app: Router,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let acceptor = TlsAcceptor::from(config);
-    let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match acceptor.accept(stream).await {
-                Ok(t) => t,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
+/// The TLS handshake as the accept step of [`ferry_serve`]'s loop, which gives HTTPS the same
+/// timeouts, connection limit and graceful shutdown as plain HTTP (a TLS listener closes refused
+/// connections without an HTTP answer).
+#[derive(Clone)]
+pub struct Tls(TlsAcceptor);
+
+impl Tls {
+    /// An acceptor for `config` (see [`load_config`]).
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Tls {
+        Tls(TlsAcceptor::from(config))
     }
-    drop(listener);
-    graceful.shutdown().await;
-    Ok(())
+}
+
+impl ferry_serve::Acceptor for Tls {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+
+    fn accept(&self, tcp: TcpStream) -> impl Future<Output = std::io::Result<Self::Io>> + Send {
+        self.0.accept(tcp)
+    }
+
+    fn plaintext(&self) -> bool {
+        false
+    }
 }

@@ -5,6 +5,7 @@
 
 mod admin;
 mod binary;
+mod connections;
 mod hardening;
 mod harness;
 mod lifecycle;
