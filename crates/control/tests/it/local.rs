@@ -189,123 +189,215 @@ async fn call(http: &reqwest::Client, grant: &serde_json::Value, worker_url: &st
         .as_u16()
 }
 
-/// The whole life of a fleet across control-plane crashes, as a user would run it: secrets
-/// private on disk, grants bound to one worker and one use, and instances that outlive a
-/// SIGKILLed control plane and stay under the restarted one's control (delete and shutdown
-/// still stop them: no process is left behind).
+/// A `ferry control` process (the real binary) with two endpoints, `a` and `b`, of one
+/// worker each, launched by its local provider.
+struct Fleet {
+    ferry: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    port: u16,
+    url: String,
+    http: reqwest::Client,
+    control: std::process::Child,
+    /// (endpoint id, endpoint key) of `a` and `b`.
+    keys: Vec<(i64, String)>,
+    runs: u32,
+}
+
+impl Fleet {
+    /// `prepare` runs on the fresh state folder before the control plane starts.
+    async fn start(tag: &str, prepare: impl FnOnce(&std::path::Path)) -> Fleet {
+        let exe = std::env::current_exe().unwrap();
+        let ferry =
+            ferry_control::provider::ferry_exe_near(&exe).expect("cargo build -p ferry first");
+        let dir = std::env::temp_dir().join(format!("ferry-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        prepare(&dir);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let control = spawn_control(&ferry, &dir, port, 0);
+        let mut fleet = Fleet {
+            ferry,
+            dir,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+            control,
+            keys: Vec::new(),
+            runs: 0,
+        };
+        fleet.wait_up().await;
+        for name in ["a", "b"] {
+            let r = fleet
+                .console(
+                    reqwest::Method::POST,
+                    "/api/v0/endptjobs/",
+                    json!({"endpoint_name": name, "cold_workers": 1, "max_workers": 1}),
+                )
+                .await;
+            let id = r["result"].as_i64().unwrap();
+            fleet
+                .console(
+                    reqwest::Method::POST,
+                    "/api/v0/workergroups/",
+                    json!({"endpoint_id": id}),
+                )
+                .await;
+            let r = fleet
+                .console(
+                    reqwest::Method::GET,
+                    &format!("/api/v0/endptjobs/{id}/"),
+                    json!({}),
+                )
+                .await;
+            fleet
+                .keys
+                .push((id, r["result"]["api_key"].as_str().unwrap().to_owned()));
+        }
+        fleet
+    }
+
+    async fn console(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: serde_json::Value,
+    ) -> serde_json::Value {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.url))
+            .bearer_auth("acct-key");
+        if method != reqwest::Method::GET {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap().json().await.unwrap_or_default()
+    }
+
+    async fn wait_up(&self) {
+        eventually(|| async {
+            self.http
+                .get(format!("{}/health", self.url))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+    }
+
+    /// A grant for endpoint `i` (0 = a, 1 = b), once a worker is ready.
+    async fn grant(&self, i: usize) -> serde_json::Value {
+        grant(&self.http, &self.url, ["a", "b"][i], &self.keys[i].1).await
+    }
+
+    /// SIGKILL, then a new control plane on the same port and state.
+    async fn crash_and_restart(&mut self) {
+        self.control.kill().unwrap();
+        self.control.wait().unwrap();
+        self.runs += 1;
+        self.control = spawn_control(&self.ferry, &self.dir, self.port, self.runs);
+        self.wait_up().await;
+    }
+
+    /// SIGTERM; asserts a clean exit.
+    fn stop(mut self) {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(self.control.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        assert!(self.control.wait().unwrap().success());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Secrets on disk are the user's alone, even where an older version left them readable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs target/debug/ferry: cargo build -p ferry first"]
-async fn control_plane_crashes_leave_no_orphan_and_grants_stay_strict() {
+async fn state_folder_and_secret_files_are_private() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let exe = std::env::current_exe().unwrap();
-    let ferry = ferry_control::provider::ferry_exe_near(&exe).expect("cargo build -p ferry first");
-    let dir = std::env::temp_dir().join(format!("ferry-crash-it-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    // A state folder and key file left readable by an older version.
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::write(dir.join("api_key"), "old\n").unwrap();
-    std::fs::set_permissions(dir.join("api_key"), std::fs::Permissions::from_mode(0o644)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let up = || async {
-        eventually(|| async { http.get(format!("{url}/health")).send().await.is_ok() }).await;
-    };
-
-    let mut control = spawn_control(&ferry, &dir, port, 0);
-    up().await;
+    let fleet = Fleet::start("secrets-it", |dir| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.join("api_key"), "old\n").unwrap();
+        std::fs::set_permissions(dir.join("api_key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+    })
+    .await;
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o777;
-    assert_eq!(mode(&dir), 0o700);
-    assert_eq!(mode(&dir.join("control.db")), 0o600);
-    assert_eq!(mode(&dir.join("api_key")), 0o600);
+    assert_eq!(mode(&fleet.dir), 0o700);
+    assert_eq!(mode(&fleet.dir.join("control.db")), 0o600);
+    assert_eq!(mode(&fleet.dir.join("api_key")), 0o600);
     assert_eq!(
-        std::fs::read_to_string(dir.join("api_key")).unwrap(),
+        std::fs::read_to_string(fleet.dir.join("api_key")).unwrap(),
         "acct-key\n"
     );
+    fleet.stop();
+}
 
-    let mut keys = Vec::new();
-    for name in ["a", "b"] {
-        let r: serde_json::Value = http
-            .post(format!("{url}/api/v0/endptjobs/"))
-            .bearer_auth("acct-key")
-            .json(&json!({"endpoint_name": name, "cold_workers": 1, "max_workers": 1}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = r["result"].as_i64().unwrap();
-        http.post(format!("{url}/api/v0/workergroups/"))
-            .bearer_auth("acct-key")
-            .json(&json!({"endpoint_id": id}))
-            .send()
-            .await
-            .unwrap();
-        let r: serde_json::Value = http
-            .get(format!("{url}/api/v0/endptjobs/{id}/"))
-            .bearer_auth("acct-key")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        keys.push((id, r["result"]["api_key"].as_str().unwrap().to_owned()));
-    }
-    let ga = grant(&http, &url, "a", &keys[0].1).await;
-    let gb = grant(&http, &url, "b", &keys[1].1).await;
-    let (wa, wb) = (
-        ga["url"].as_str().unwrap(),
-        gb["url"].as_str().unwrap().to_owned(),
-    );
-    // Ferry's strict token between Ferry's own control plane and workers.
+/// Between `ferry control` and its own `ferry worker`s a grant is bound to one worker, works
+/// once, and cannot be downgraded by deleting its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs target/debug/ferry: cargo build -p ferry first"]
+async fn grants_are_strict_between_ferry_control_and_its_workers() {
+    let fleet = Fleet::start("grants-it", |_| {}).await;
+    let (ga, gb) = (fleet.grant(0).await, fleet.grant(1).await);
+    let (wa, wb) = (ga["url"].as_str().unwrap(), gb["url"].as_str().unwrap());
+    let http = &fleet.http;
     assert_eq!(
-        call(&http, &ga, &wb).await,
+        call(http, &ga, wb).await,
         401,
         "a grant for endpoint a at b's worker"
     );
-    assert_eq!(call(&http, &ga, wa).await, 200);
-    assert_eq!(call(&http, &ga, wa).await, 401, "the same grant twice");
-    let mut stripped = grant(&http, &url, "a", &keys[0].1).await;
+    assert_eq!(call(http, &ga, wa).await, 200);
+    assert_eq!(call(http, &ga, wa).await, 401, "the same grant twice");
+    let mut stripped = fleet.grant(0).await;
     let obj = stripped.as_object_mut().unwrap();
     obj.remove("ferry_exp");
     obj.remove("ferry_sig");
     assert_eq!(
-        call(&http, &stripped, wa).await,
+        call(http, &stripped, wa).await,
         401,
         "a grant without its token"
     );
+    fleet.stop();
+}
 
-    let pids = instance_pids(&dir);
+/// Instances outlive a SIGKILLed control plane (the fleet keeps serving) and stay under the
+/// restarted one's control: deleting an endpoint and a clean stop still end every process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs target/debug/ferry: cargo build -p ferry first"]
+async fn control_plane_crashes_leave_no_orphan() {
+    let mut fleet = Fleet::start("crash-it", |_| {}).await;
+    let ga = fleet.grant(0).await;
+    let gb = fleet.grant(1).await;
+    let (wa, wb) = (
+        ga["url"].as_str().unwrap().to_owned(),
+        gb["url"].as_str().unwrap().to_owned(),
+    );
+    let pids = instance_pids(&fleet.dir);
     assert_eq!(pids.len(), 4, "two instances of two processes: {pids:?}");
     for round in 1..=2 {
-        control.kill().unwrap();
-        control.wait().unwrap();
-        // The fleet keeps serving while the control plane is down...
+        fleet.crash_and_restart().await;
+        // The fleet kept serving while the control plane was down, and the restarted control
+        // plane routes to the same instances.
         assert!(
             pids.iter().all(|(_, p)| alive(*p)),
             "round {round}: {pids:?}"
         );
-        control = spawn_control(&ferry, &dir, port, round);
-        up().await;
-        // ... and the restarted control plane routes to the same instances.
-        let g = grant(&http, &url, "a", &keys[0].1).await;
-        assert_eq!(g["url"].as_str(), Some(wa), "round {round}");
-        assert_eq!(call(&http, &g, wa).await, 200, "round {round}");
+        let g = fleet.grant(0).await;
+        assert_eq!(g["url"].as_str(), Some(wa.as_str()), "round {round}");
+        assert_eq!(call(&fleet.http, &g, &wa).await, 200, "round {round}");
         assert_eq!(
-            instance_pids(&dir),
+            instance_pids(&fleet.dir),
             pids,
             "round {round}: the same processes"
         );
     }
     // Deleting an endpoint stops its instance although an earlier run started it.
     let b_port: u16 = wb.rsplit(':').next().unwrap().parse().unwrap();
+    let dir = fleet.dir.clone();
     let b_id = pids
         .iter()
         .map(|(id, _)| id.clone())
@@ -320,26 +412,19 @@ async fn control_plane_crashes_leave_no_orphan_and_grants_stay_strict() {
         .map(|(_, p)| *p)
         .collect();
     assert_eq!(b_pids.len(), 2);
-    let st = http
-        .delete(format!("{url}/api/v0/endptjobs/{}/", keys[1].0))
-        .bearer_auth("acct-key")
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert!(st.is_success());
+    fleet
+        .console(
+            reqwest::Method::DELETE,
+            &format!("/api/v0/endptjobs/{}/", fleet.keys[1].0),
+            json!({}),
+        )
+        .await;
     eventually(|| async { b_pids.iter().all(|p| !alive(*p)) }).await;
     // A clean stop of the adopted fleet leaves nothing running.
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(control.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    assert!(control.wait().unwrap().success());
+    fleet.stop();
     let left: Vec<_> = pids.iter().filter(|(_, p)| alive(*p)).collect();
     assert!(
         left.is_empty(),
         "processes outlived the control plane: {left:?}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
