@@ -1,8 +1,12 @@
 //! Errors: one enum per boundary, each variant with a fixed `code()` used in logs and metric
-//! labels, and a single HTTP mapping.
+//! labels, a [`Source`] (whose fault it is), and a single HTTP mapping.
 //!
-//! Bodies are `{"error": "<message>"}`, Vast's own shape; `/route/`'s two documented failures
-//! keep Vast's exact texts ([`ROUTE_BAD_REQUEST`], [`AUTH_FAILED`]).
+//! [`ControlError`]'s one `IntoResponse` answers `{"error": "<message>"}`, the shape of Vast's
+//! run host (`/route/`'s two documented failures keep Vast's exact texts, [`ROUTE_BAD_REQUEST`]
+//! and [`AUTH_FAILED`]), and attaches an [`ErrorInfo`] to the response. Each HTTP surface then
+//! gives the body its audience's shape in one layer (`api::errors`): the console API Vast's
+//! `{"success": false, "error", "msg"}`, the gateway OpenAI's `{"error": {"message", "type",
+//! "code"}}`; the same layer counts every outcome.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,6 +16,45 @@ use axum::Json;
 pub const ROUTE_BAD_REQUEST: &str = "Invalid endpoint or missing required parameters";
 /// Vast's 401 text.
 pub const AUTH_FAILED: &str = "Authentication failed";
+
+/// Whose fault an error is: the label that tells a user's mistake from Ferry's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The caller sent something wrong (4xx).
+    Client,
+    /// A worker failed or did not answer.
+    Worker,
+    /// The provider (processes, machines) failed.
+    Provider,
+    /// The database failed.
+    Store,
+    /// A bug or an I/O failure of the control plane itself.
+    Internal,
+}
+
+impl Source {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Worker => "worker",
+            Source::Provider => "provider",
+            Source::Store => "store",
+            Source::Internal => "internal",
+        }
+    }
+}
+
+/// What an error response carries besides its body, for the surface layers.
+#[derive(Debug, Clone)]
+pub struct ErrorInfo {
+    /// [`ControlError::code`].
+    pub code: &'static str,
+    /// [`ControlError::source`].
+    pub source: Source,
+    /// The human-readable message.
+    pub message: String,
+}
 
 /// An error answered over HTTP.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +83,12 @@ pub enum ControlError {
     /// The worker did not answer in time (504).
     #[error("{0}")]
     Timeout(String),
+    /// The provider could not launch, stop or reach an instance (502).
+    #[error("{0}")]
+    Provider(String),
+    /// The database failed (503: the request may work again shortly).
+    #[error("{0}")]
+    Store(String),
     /// A bug or an I/O failure on our side (500).
     #[error("{0}")]
     Internal(String),
@@ -57,6 +106,8 @@ impl ControlError {
             ControlError::Unavailable(_) => "unavailable",
             ControlError::Upstream(_) => "upstream",
             ControlError::Timeout(_) => "timeout",
+            ControlError::Provider(_) => "provider",
+            ControlError::Store(_) => "store",
             ControlError::Internal(_) => "internal",
         }
     }
@@ -72,7 +123,26 @@ impl ControlError {
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ControlError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ControlError::Provider(_) => StatusCode::BAD_GATEWAY,
+            ControlError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Whose fault it is.
+    pub fn source(&self) -> Source {
+        match self {
+            ControlError::BadRequest(_)
+            | ControlError::Unauthorized(_)
+            | ControlError::NotFound(_)
+            | ControlError::TooLarge(_)
+            | ControlError::Conflict(_) => Source::Client,
+            ControlError::Unavailable(_) | ControlError::Upstream(_) | ControlError::Timeout(_) => {
+                Source::Worker
+            }
+            ControlError::Provider(_) => Source::Provider,
+            ControlError::Store(_) => Source::Store,
+            ControlError::Internal(_) => Source::Internal,
         }
     }
 
@@ -95,7 +165,14 @@ impl IntoResponse for ControlError {
         } else {
             tracing::debug!(code = self.code(), error = %self, "request refused");
         }
-        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+        let message = self.to_string();
+        let mut res = (status, Json(serde_json::json!({"error": message}))).into_response();
+        res.extensions_mut().insert(ErrorInfo {
+            code: self.code(),
+            source: self.source(),
+            message,
+        });
+        res
     }
 }
 

@@ -78,6 +78,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
+
+use api::outcome::Surface;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -135,25 +137,53 @@ pub fn build_app(control: Control) -> Router {
                     .delete(ep::delete_group),
             );
     }
+    let console = console
+        .route("/get_endpoint_workers/", post(rt::endpoint_workers))
+        .route("/get_workergroup_workers/", post(rt::group_workers))
+        .route("/get_autogroup_workers/", post(rt::group_workers))
+        .layer(small)
+        .layer(axum::middleware::from_fn_with_state(
+            Surface::Console,
+            api::outcome::outcome,
+        ));
     let run = Router::new()
+        .route("/route/", post(rt::route))
+        .layer(small)
+        .layer(axum::middleware::from_fn_with_state(
+            Surface::Run,
+            api::outcome::outcome,
+        ));
+    let workers = Router::new()
         .route("/pubkey/", get(wk::pubkey))
         .route("/pubkey", get(wk::pubkey))
         .route("/worker_status/", post(wk::worker_status))
         .route("/delete_requests/", post(wk::delete_requests))
-        .route("/route/", post(rt::route))
-        .route("/get_endpoint_workers/", post(rt::endpoint_workers))
-        .route("/get_workergroup_workers/", post(rt::group_workers))
-        .route("/get_autogroup_workers/", post(rt::group_workers))
+        .layer(small)
+        .layer(axum::middleware::from_fn_with_state(
+            Surface::Worker,
+            api::outcome::outcome,
+        ));
+    let ops = Router::new()
         .route("/health", get(health))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Surface::Ops,
+            api::outcome::outcome,
+        ));
+    // The gateway reads its own bodies, after the key (see `api::gateway`).
     let gateway = Router::new()
         .route("/{endpoint}/v1/chat/completions", post(gw::chat))
         .route("/{endpoint}/v1/completions", post(gw::completions))
-        .layer(DefaultBodyLimit::max(gw::MAX_GATEWAY_BODY));
+        .layer(axum::middleware::from_fn_with_state(
+            Surface::Gateway,
+            api::outcome::outcome,
+        ));
     console
         .merge(run)
-        .layer(small)
+        .merge(workers)
+        .merge(ops)
         .merge(gateway)
+        .fallback(api::outcome::no_route)
         .with_state(control)
 }
 

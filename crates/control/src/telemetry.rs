@@ -8,8 +8,7 @@
 //! | `ferry_control_queue_length` | gauge | |
 //! | `ferry_control_workers` | gauge | `state` (Vast's worker states) |
 //! | `ferry_control_scaling_actions_total` | counter | `action` = launch, resume, stop, destroy; `reason` |
-//! | `ferry_control_reports_total` | counter | `kind` = worker_status, delete_requests; `outcome` |
-//! | `ferry_control_gateway_requests_total` | counter | `outcome` |
+//! | `ferry_control_responses_total` | counter | `surface` = console, run, worker, gateway, ops; `code` (`ok` or the error code); `source` = none, client, worker, provider, store, internal |
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -30,10 +29,8 @@ pub const QUEUE_LENGTH: &str = "ferry_control_queue_length";
 pub const WORKERS: &str = "ferry_control_workers";
 /// Scaling actions.
 pub const SCALING: &str = "ferry_control_scaling_actions_total";
-/// Worker reports.
-pub const REPORTS: &str = "ferry_control_reports_total";
-/// Gateway requests.
-pub const GATEWAY: &str = "ferry_control_gateway_requests_total";
+/// Every HTTP answer, by surface and outcome (see `api::outcome`).
+pub const RESPONSES: &str = "ferry_control_responses_total";
 
 /// The process-wide Prometheus recorder (installed on first use; `None` if another recorder
 /// was installed first).
@@ -109,12 +106,7 @@ pub fn scaling(endpoint_id: i64, d: &Decision) {
     counter!(SCALING, "action" => d.action.kind(), "reason" => d.reason).increment(n);
 }
 
-/// A worker report.
-pub fn report(kind: &'static str, outcome: &'static str) {
-    counter!(REPORTS, "kind" => kind, "outcome" => outcome).increment(1);
-}
-
-/// A gateway request's outcome.
-pub fn gateway(outcome: &'static str) {
-    counter!(GATEWAY, "outcome" => outcome).increment(1);
+/// An HTTP answer (counted once, in `api::outcome`).
+pub fn response(surface: &'static str, code: &'static str, source: &'static str) {
+    counter!(RESPONSES, "surface" => surface, "code" => code, "source" => source).increment(1);
 }

@@ -23,7 +23,6 @@ use serde_json::{json, Value};
 use crate::api::bearer;
 use crate::control::RouteOutcome;
 use crate::error::ControlError;
-use crate::telemetry;
 use crate::Control;
 
 /// Attempts per request (first try plus re-routes).
@@ -79,19 +78,10 @@ async fn relay(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match relay_inner(&c, &endpoint, path, &headers, body).await {
-        Ok(r) => {
-            telemetry::gateway("relayed");
-            r
-        }
-        Err(e) => {
-            telemetry::gateway(e.code());
-            // OpenAI-style error body, so the openai client surfaces the message.
-            let status = e.status();
-            (status, axum::Json(json!({"error": {"message": e.to_string(), "type": e.code(), "code": status.as_u16()}})))
-                .into_response()
-        }
-    }
+    // Errors get OpenAI's shape in the gateway's layer (`api::outcome`).
+    relay_inner(&c, &endpoint, path, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn relay_inner(
@@ -184,8 +174,19 @@ async fn relay_inner(
             }
         }
         out = out.header("x-ferry-request-idx", idx.to_string());
+        let sse = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = if sse {
+            Body::from_stream(sse_with_error_event(resp.bytes_stream(), idx))
+        } else {
+            // Cut short on failure: a client cannot mistake it for a complete answer.
+            Body::from_stream(resp.bytes_stream())
+        };
         return out
-            .body(Body::from_stream(resp.bytes_stream()))
+            .body(body)
             .map_err(|e| ControlError::Internal(e.to_string()));
     }
     Err(ControlError::Upstream(format!(
@@ -220,4 +221,63 @@ async fn read_body(body: Body) -> Result<Bytes, ControlError> {
 
 fn too_large() -> ControlError {
     ControlError::TooLarge(format!("request body over {MAX_GATEWAY_BODY} bytes"))
+}
+
+/// An SSE relay whose failure after the headers (the worker's connection broke) ends the stream
+/// with a final `event: error` carrying an OpenAI-shaped error, as the worker itself does: the
+/// status is already sent, and an SSE client reads events, not a cut connection.
+fn sse_with_error_event<E: std::fmt::Display + Send + 'static>(
+    stream: impl futures_util::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    request_idx: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    use futures_util::StreamExt as _;
+    futures_util::stream::unfold(Some(Box::pin(stream)), move |state| async move {
+        let mut stream = state?;
+        match stream.next().await? {
+            Ok(chunk) => Some((Ok(chunk), Some(stream))),
+            Err(e) => {
+                tracing::warn!(request_idx, error = %e, "worker stream failed after the headers");
+                let err = ControlError::Upstream(format!("the worker's stream broke: {e}"));
+                let event =
+                    json!({"error": {"message": err.to_string(), "type": err.code(), "code": 502}});
+                Some((
+                    Ok(Bytes::from(format!("event: error\ndata: {event}\n\n"))),
+                    None,
+                ))
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_ends_with_an_sse_error_event() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"data: {\"x\": 1}\n\n")),
+            Err(std::io::Error::other("connection reset")),
+            Ok(Bytes::from_static(b"data: never\n\n")),
+        ];
+        let out: Vec<Bytes> = sse_with_error_event(futures_util::stream::iter(chunks), 7)
+            .map(|r| r.unwrap_or_default())
+            .collect()
+            .await;
+        assert_eq!(
+            out.len(),
+            2,
+            "the chunk, then one error event, then the end"
+        );
+        let last = String::from_utf8_lossy(&out[1]);
+        assert!(last.starts_with("event: error\ndata: "), "{last}");
+        let data: Value =
+            serde_json::from_str(last.trim_start_matches("event: error\ndata: ").trim()).unwrap();
+        assert_eq!(data["error"]["type"], "upstream");
+        assert!(data["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection reset"));
+    }
 }

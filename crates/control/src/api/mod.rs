@@ -5,9 +5,12 @@
 //! - [`endpoints`]: the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
 //!   `/api/v0/autojobs/`).
 //! - [`gateway`]: the OpenAI-compatible front (`/{endpoint}/v1/...`).
+//! - [`outcome`]: the layer that gives each surface's errors their audience's shape and counts
+//!   every answer.
 
 pub mod endpoints;
 pub mod gateway;
+pub mod outcome;
 pub mod route;
 pub mod worker;
 

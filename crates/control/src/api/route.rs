@@ -25,7 +25,6 @@ use serde_json::Value;
 use crate::api::{object, presented_key};
 use crate::control::RouteOutcome;
 use crate::error::{ControlError, ROUTE_BAD_REQUEST};
-use crate::telemetry;
 use crate::Control;
 
 /// `POST /route/`.
@@ -51,13 +50,7 @@ pub async fn route(
     match result {
         Ok(RouteOutcome::Ready(r)) => Json(*r).into_response(),
         Ok(RouteOutcome::Waiting(w)) => Json(w).into_response(),
-        Err(e) => {
-            telemetry::route_outcome(match e {
-                ControlError::Unauthorized(_) => "unauthorized",
-                _ => "bad_request",
-            });
-            e.into_response()
-        }
+        Err(e) => e.into_response(),
     }
 }
 

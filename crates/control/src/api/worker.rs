@@ -14,7 +14,6 @@ use ferry_protocol::{DeleteRequests, WorkerStatus};
 use serde_json::json;
 
 use crate::error::ControlError;
-use crate::telemetry;
 use crate::Control;
 
 /// `GET /pubkey/`: the PEM public key workers verify route signatures with.
@@ -29,34 +28,15 @@ pub async fn pubkey(State(c): State<Control>) -> impl IntoResponse {
     )
 }
 
-fn outcome(e: &ControlError) -> &'static str {
-    e.code()
-}
-
 /// `POST /worker_status/`.
 pub async fn worker_status(
     State(c): State<Control>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ControlError> {
-    let s: WorkerStatus = match serde_json::from_slice(&body) {
-        Ok(s) => s,
-        Err(e) => {
-            telemetry::report("worker_status", "bad_request");
-            return Err(ControlError::BadRequest(format!(
-                "malformed worker_status body: {e}"
-            )));
-        }
-    };
-    match c.worker_status(&s) {
-        Ok(()) => {
-            telemetry::report("worker_status", "ok");
-            Ok(Json(json!({"success": true})))
-        }
-        Err(e) => {
-            telemetry::report("worker_status", outcome(&e));
-            Err(e)
-        }
-    }
+    let s: WorkerStatus = serde_json::from_slice(&body)
+        .map_err(|e| ControlError::BadRequest(format!("malformed worker_status body: {e}")))?;
+    c.worker_status(&s)?;
+    Ok(Json(json!({"success": true})))
 }
 
 /// `POST /delete_requests/`.
@@ -64,23 +44,8 @@ pub async fn delete_requests(
     State(c): State<Control>,
     body: Bytes,
 ) -> Result<Json<serde_json::Value>, ControlError> {
-    let d: DeleteRequests = match serde_json::from_slice(&body) {
-        Ok(d) => d,
-        Err(e) => {
-            telemetry::report("delete_requests", "bad_request");
-            return Err(ControlError::BadRequest(format!(
-                "malformed delete_requests body: {e}"
-            )));
-        }
-    };
-    match c.delete_requests(&d) {
-        Ok(n) => {
-            telemetry::report("delete_requests", "ok");
-            Ok(Json(json!({"success": true, "deleted": n})))
-        }
-        Err(e) => {
-            telemetry::report("delete_requests", outcome(&e));
-            Err(e)
-        }
-    }
+    let d: DeleteRequests = serde_json::from_slice(&body)
+        .map_err(|e| ControlError::BadRequest(format!("malformed delete_requests body: {e}")))?;
+    let n = c.delete_requests(&d)?;
+    Ok(Json(json!({"success": true, "deleted": n})))
 }
