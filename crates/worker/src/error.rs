@@ -28,6 +28,24 @@ pub enum WorkerError {
     BodyBudget,
     #[error("invalid session")]
     InvalidSession,
+    /// PyWorker's 400 for `/session/get` of an unknown id.
+    #[error("session does not exist")]
+    SessionUnknown,
+    /// PyWorker's 400 for `/session/end` of an unknown id.
+    #[error("session with id {0} not found")]
+    SessionNotFound(String),
+    /// PyWorker's 401 for a `session_auth` that is not the session's.
+    #[error("session_auth is not valid")]
+    SessionAuth,
+    /// PyWorker's 410 for a session ended twice.
+    #[error("session already closed")]
+    SessionClosed,
+    /// PyWorker's 429 past `max_sessions`.
+    #[error("max sessions reached")]
+    MaxSessions,
+    /// `/pyworker/update` without the master token.
+    #[error("unauthorized")]
+    UpdateUnauthorized,
     #[error("no route {0}")]
     NoRoute(String),
     #[error("the worker is shutting down")]
@@ -53,6 +71,11 @@ impl WorkerError {
             WorkerError::BodyTimeout(_) => "body_timeout",
             WorkerError::BodyBudget => "body_budget",
             WorkerError::InvalidSession => "invalid_session",
+            WorkerError::SessionUnknown | WorkerError::SessionNotFound(_) => "session_unknown",
+            WorkerError::SessionAuth => "session_auth",
+            WorkerError::SessionClosed => "session_closed",
+            WorkerError::MaxSessions => "max_sessions",
+            WorkerError::UpdateUnauthorized => "unauthorized",
             WorkerError::NoRoute(_) => "no_route",
             WorkerError::ShuttingDown => "shutting_down",
             WorkerError::UpstreamConnect(_) => "upstream_connect",
@@ -71,7 +94,12 @@ impl WorkerError {
             WorkerError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             WorkerError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             WorkerError::BodyBudget => StatusCode::SERVICE_UNAVAILABLE,
-            WorkerError::InvalidSession => StatusCode::GONE,
+            WorkerError::InvalidSession | WorkerError::SessionClosed => StatusCode::GONE,
+            WorkerError::SessionUnknown | WorkerError::SessionNotFound(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            WorkerError::SessionAuth | WorkerError::UpdateUnauthorized => StatusCode::UNAUTHORIZED,
+            WorkerError::MaxSessions => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::NoRoute(_) => StatusCode::NOT_FOUND,
             WorkerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             WorkerError::UpstreamConnect(_) | WorkerError::UpstreamTransport(_) => {
@@ -89,8 +117,14 @@ impl IntoResponse for WorkerError {
         let mut res = match &self {
             // Vast's clients read these exact bodies.
             WorkerError::BadRequest(body) => Json(body.clone()).into_response(),
-            WorkerError::InvalidSession => {
-                Json(serde_json::json!({"error": "invalid session"})).into_response()
+            // PyWorker's exact bodies: `{"error": "<message>"}` and nothing else.
+            WorkerError::InvalidSession
+            | WorkerError::SessionUnknown
+            | WorkerError::SessionNotFound(_)
+            | WorkerError::SessionAuth
+            | WorkerError::SessionClosed
+            | WorkerError::UpdateUnauthorized => {
+                Json(serde_json::json!({"error": self.to_string()})).into_response()
             }
             other => Json(serde_json::json!({"error": other.to_string(), "code": other.code()}))
                 .into_response(),

@@ -245,6 +245,14 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// `POST /pyworker/update`: with the master token (Bearer or raw), create the update marker file
 /// that the instance's supervisor acts on.
 async fn update(State(state): State<AppState>, headers: http::HeaderMap) -> Response {
+    request_update(&state, &headers).unwrap_or_else(|e| {
+        tracing::debug!(code = e.code(), error = %e, "update refused");
+        telemetry::refused("/pyworker/update", e.code());
+        e.into_response()
+    })
+}
+
+fn request_update(state: &AppState, headers: &http::HeaderMap) -> Result<Response, WorkerError> {
     let settings = state.settings();
     let given = headers
         .get(http::header::AUTHORIZATION)
@@ -255,23 +263,16 @@ async fn update(State(state): State<AppState>, headers: http::HeaderMap) -> Resp
     let authorized = !expected.is_empty()
         && given.is_some_and(|g| constant_time_eq(g.as_bytes(), expected.as_bytes()));
     if !authorized {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(serde_json::json!({"error": "unauthorized"})),
-        )
-            .into_response();
+        return Err(WorkerError::UpdateUnauthorized);
     }
-    match std::fs::write(&settings.force_update_file, b"") {
-        Ok(()) => {
-            tracing::info!(file = %settings.force_update_file.display(), "update requested");
-            ok_json(serde_json::json!({"ok": true}))
-        }
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({"error": format!("failed to write file: {e}")})),
-        )
-            .into_response(),
-    }
+    std::fs::write(&settings.force_update_file, b"").map_err(|e| {
+        WorkerError::Internal(format!(
+            "failed to write {}: {e}",
+            settings.force_update_file.display()
+        ))
+    })?;
+    tracing::info!(file = %settings.force_update_file.display(), "update requested");
+    Ok(ok_json(serde_json::json!({"ok": true})))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

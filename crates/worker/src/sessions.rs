@@ -157,42 +157,34 @@ fn json_status(status: StatusCode, v: Value) -> Response {
     (status, Json(v)).into_response()
 }
 
-/// A session route's refusal: PyWorker's status and JSON body.
-struct Refusal(StatusCode, Value);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        json_status(self.0, self.1)
-    }
+/// A session route's answer: its refusals are [`WorkerError`]s with PyWorker's statuses and
+/// bodies, logged and counted in one place.
+fn answer(route: &'static str, r: Result<Response, WorkerError>) -> Response {
+    r.unwrap_or_else(|e| {
+        tracing::debug!(code = e.code(), error = %e, route, "session request refused");
+        crate::telemetry::refused(route, e.code());
+        e.into_response()
+    })
 }
 
-fn parse_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refusal> {
+fn parse_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, WorkerError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
-        _ => Err(Refusal(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            json!({"error": "invalid JSON"}),
-        )),
+        _ => Err(WorkerError::BadRequest(json!({"error": "invalid JSON"}))),
     }
 }
 
 /// `POST /session/create`.
 pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
-    let data = match parse_object(&body) {
-        Ok(d) => d,
-        Err(r) => return r.into_response(),
-    };
+    answer("/session/create", create_session(&state, &body))
+}
+
+fn create_session(state: &AppState, body: &Bytes) -> Result<Response, WorkerError> {
+    let data = parse_object(body)?;
     let auth_value = data.get("auth_data").cloned().unwrap_or(Value::Null);
     let payload = data.get("payload").cloned().unwrap_or_else(|| json!({}));
-    let auth = match ferry_protocol::AuthData::from_value(&auth_value) {
-        Ok(a) => a,
-        Err(e) => {
-            return json_status(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                json!({"auth_data": e.to_value()}),
-            )
-        }
-    };
+    let auth = ferry_protocol::AuthData::from_value(&auth_value)
+        .map_err(|e| WorkerError::BadRequest(json!({"auth_data": e.to_value()})))?;
     let cost = auth
         .cost
         .as_f64()
@@ -208,7 +200,7 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
             state
                 .tracker()
                 .reject(auth.request_idx, cost, false, entered);
-            return WorkerError::Unauthorized(e).into_response();
+            return Err(WorkerError::Unauthorized(e));
         }
     }
     let lifetime = payload
@@ -224,10 +216,9 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         .as_deref()
         .map(|r| check_callback(r, &settings.session_callback_origins))
     {
-        return json_status(
-            StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(WorkerError::BadRequest(
             json!({"payload": {"on_close_route": e}}),
-        );
+        ));
     }
     let on_close_payload = on_close_route
         .as_ref()
@@ -241,18 +232,12 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
         state
             .tracker()
             .reject(auth.request_idx, cost, false, entered);
-        return json_status(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({"error": "max sessions reached", "code": "max_sessions"}),
-        );
+        return Err(WorkerError::MaxSessions);
     }
-    let mut hold = match state
+    let mut hold = state
         .tracker()
         .admit(auth.request_idx, cost, Kind::SessionHold, None)
-    {
-        Ok(g) => g,
-        Err(_) => return WorkerError::Internal("session admission failed".into()).into_response(),
-    };
+        .map_err(|_| WorkerError::Internal("session admission failed".into()))?;
     hold.started();
     let id: String = loop {
         let candidate: String = rand::thread_rng()
@@ -281,20 +266,19 @@ pub async fn create(State(state): State<AppState>, body: Bytes) -> Response {
     );
     drop(map);
     tracing::info!(session = %id, lifetime, "session created");
-    json_status(
+    Ok(json_status(
         StatusCode::CREATED,
         json!({"session_id": id, "expiration": expiration}),
-    )
+    ))
 }
 
 /// Parses `{session_id, session_auth}`; the error is the response PyWorker gives.
-fn session_ref(body: &Bytes) -> Result<(String, Option<Value>), Refusal> {
+fn session_ref(body: &Bytes) -> Result<(String, Option<Value>), WorkerError> {
     let data = parse_object(body)?;
     let id = match data.get("session_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => {
-            return Err(Refusal(
-                StatusCode::UNPROCESSABLE_ENTITY,
+            return Err(WorkerError::BadRequest(
                 json!({"error": "missing session_id"}),
             ))
         }
@@ -305,30 +289,19 @@ fn session_ref(body: &Bytes) -> Result<(String, Option<Value>), Refusal> {
     ))
 }
 
-fn bad_auth() -> Response {
-    json_status(
-        StatusCode::UNAUTHORIZED,
-        json!({"error": "session_auth is not valid"}),
-    )
-}
-
 /// `POST /session/get`.
 pub async fn get(State(state): State<AppState>, body: Bytes) -> Response {
-    let (id, auth) = match session_ref(&body) {
-        Ok(x) => x,
-        Err(r) => return r.into_response(),
-    };
+    answer("/session/get", get_session(&state, &body))
+}
+
+fn get_session(state: &AppState, body: &Bytes) -> Result<Response, WorkerError> {
+    let (id, auth) = session_ref(body)?;
     let map = state.sessions().lock();
-    let Some(s) = map.get(&id) else {
-        return json_status(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "session does not exist"}),
-        );
-    };
+    let s = map.get(&id).ok_or(WorkerError::SessionUnknown)?;
     if auth.as_ref() != Some(&s.auth_data) {
-        return bad_auth();
+        return Err(WorkerError::SessionAuth);
     }
-    json_status(
+    Ok(json_status(
         StatusCode::OK,
         json!({
             "session_id": id,
@@ -339,51 +312,46 @@ pub async fn get(State(state): State<AppState>, body: Bytes) -> Response {
             "on_close_route": s.on_close_route,
             "on_close_payload": s.on_close_payload,
         }),
-    )
+    ))
 }
 
 /// `POST /session/health`.
 pub async fn health(State(state): State<AppState>, body: Bytes) -> Response {
-    let (id, auth) = match session_ref(&body) {
-        Ok(x) => x,
-        Err(r) => return r.into_response(),
-    };
+    answer("/session/health", session_health(&state, &body))
+}
+
+fn session_health(state: &AppState, body: &Bytes) -> Result<Response, WorkerError> {
+    let (id, auth) = session_ref(body)?;
     let map = state.sessions().lock();
     match map.get(&id) {
-        None => json_status(StatusCode::OK, json!({"ok": false})),
-        Some(s) if auth.as_ref() != Some(&s.auth_data) => bad_auth(),
-        Some(_) => json_status(StatusCode::OK, json!({"ok": true})),
+        None => Ok(json_status(StatusCode::OK, json!({"ok": false}))),
+        Some(s) if auth.as_ref() != Some(&s.auth_data) => Err(WorkerError::SessionAuth),
+        Some(_) => Ok(json_status(StatusCode::OK, json!({"ok": true}))),
     }
 }
 
 /// `POST /session/end`.
 pub async fn end(State(state): State<AppState>, body: Bytes) -> Response {
-    let (id, auth) = match session_ref(&body) {
-        Ok(x) => x,
-        Err(r) => return r.into_response(),
-    };
+    answer("/session/end", end_session(&state, &body).await)
+}
+
+async fn end_session(state: &AppState, body: &Bytes) -> Result<Response, WorkerError> {
+    let (id, auth) = session_ref(body)?;
     let store = state.sessions().clone();
     let taken = {
         let mut map = store.lock();
         match map.get(&id) {
-            None => {
-                return json_status(
-                    StatusCode::BAD_REQUEST,
-                    json!({"error": format!("session with id {id} not found")}),
-                )
-            }
-            Some(s) if auth.as_ref() != Some(&s.auth_data) => return bad_auth(),
+            None => return Err(WorkerError::SessionNotFound(id)),
+            Some(s) if auth.as_ref() != Some(&s.auth_data) => return Err(WorkerError::SessionAuth),
             Some(_) => map.remove(&id),
         }
     };
-    let Some(s) = taken else {
-        return json_status(StatusCode::GONE, json!({"error": "session already closed"}));
-    };
-    close(&state, &id, s).await;
-    json_status(
+    let s = taken.ok_or(WorkerError::SessionClosed)?;
+    close(state, &id, s).await;
+    Ok(json_status(
         StatusCode::OK,
         json!({"ended": true, "removed_session": id}),
-    )
+    ))
 }
 
 /// Whether a session's `on_close_route` may be called: a path on the model server (`/...`),
