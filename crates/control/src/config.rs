@@ -1,5 +1,6 @@
 //! `ferry control` settings: one clap field per setting (flag + env), validated once into
-//! [`Settings`].
+//! [`Settings`]. Each default is stated once, in its field's declaration: [`Settings::for_url`]
+//! (tests, embedding) is the same declarations parsed with no flags.
 //!
 //! Defaults make `ferry control` work with zero setup: it binds `127.0.0.1:8080` (the address
 //! the vastai SDK's `local` instance uses), keeps its state in `~/.cache/ferry/`, and launches
@@ -37,9 +38,9 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Where workers run: `local` (processes on this host).
-    #[arg(long, env = "FERRY_PROVIDER", default_value = "local")]
-    pub provider: String,
+    /// Where workers run.
+    #[arg(long, env = "FERRY_PROVIDER", value_enum, default_value_t = ProviderKind::Local)]
+    pub provider: ProviderKind,
 
     /// The `ferry` executable the local provider runs as `ferry worker` and `ferry sim-model`.
     /// Default: this executable.
@@ -87,13 +88,33 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_GATEWAY_WAIT_S", default_value = "300")]
     pub gateway_wait_s: u64,
 
-    /// Grace between SIGTERM and SIGKILL when stopping a local instance, seconds.
+    /// Grace between SIGTERM and SIGKILL when stopping a local instance, seconds (also the
+    /// workers' own shutdown grace).
     #[arg(long, env = "FERRY_STOP_GRACE_S", default_value = "10")]
     pub stop_grace_s: u64,
 
+    /// Largest request body the OpenAI gateway accepts, bytes.
+    #[arg(long, env = "FERRY_GATEWAY_MAX_BODY_BYTES", default_value = "16777216")]
+    pub gateway_max_body_bytes: usize,
+
+    /// Workers the gateway tries for one request (the first plus re-routes after a connect
+    /// failure, a timeout before the response head, or a 5xx head).
+    #[arg(long, env = "FERRY_GATEWAY_ATTEMPTS", default_value = "3")]
+    pub gateway_attempts: usize,
+
+    /// How long the gateway waits for a worker's response head, seconds (streams then run as
+    /// long as they run).
+    #[arg(
+        long,
+        env = "FERRY_GATEWAY_FIRST_BYTE_TIMEOUT_S",
+        default_value = "600"
+    )]
+    pub gateway_first_byte_timeout_s: u64,
+
     /// RSA key size for a newly generated signing key.
-    #[arg(long, env = "FERRY_KEY_BITS", default_value = "2048")]
-    pub key_bits: usize,
+    #[arg(long, env = "FERRY_KEY_BITS", default_value = "2048",
+          value_parser = clap::value_parser!(u16).range(2048..=4096))]
+    pub key_bits: u16,
 
     /// Most client connections held open; at the limit the oldest one not serving a request is
     /// closed for a new one. Default: a quarter of the open-file limit, at most 8192.
@@ -112,6 +133,41 @@ pub struct ControlArgs {
         default_value = "75"
     )]
     pub client_idle_timeout_s: u64,
+}
+
+/// Where workers run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// Processes on this host ([`crate::provider::local`]).
+    Local,
+}
+
+/// The provider's settings.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    /// Which provider.
+    pub kind: ProviderKind,
+    /// The `ferry` executable the local provider runs; `None`: this executable.
+    pub ferry_exe: Option<PathBuf>,
+    /// Default model server command.
+    pub model_cmd: Option<String>,
+    /// Default worker preset.
+    pub backend: String,
+    /// SIGTERM → SIGKILL grace, and the workers' own shutdown grace.
+    pub stop_grace: Duration,
+}
+
+/// The OpenAI gateway's limits.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    /// How long a request waits for a worker before 503.
+    pub wait: Duration,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Workers tried per request.
+    pub attempts: usize,
+    /// Wait for a worker's response head.
+    pub first_byte_timeout: Duration,
 }
 
 /// Validated settings.
@@ -137,8 +193,10 @@ pub struct Settings {
     pub queue_ttl: Duration,
     /// Unacknowledged routed load lifetime.
     pub pending_ttl: Duration,
-    /// Gateway wait bound.
-    pub gateway_wait: Duration,
+    /// The OpenAI gateway's limits.
+    pub gateway: GatewaySettings,
+    /// Where and how workers run.
+    pub provider: ProviderSettings,
     /// RSA key size for new keys.
     pub key_bits: usize,
     /// A PEM signing key to use when the database has none yet (tests share one key to skip
@@ -149,28 +207,35 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Settings for tests and embedding: in-memory database, short timers left at defaults.
+    /// Settings for tests and embedding: every declared default (and any `FERRY_*` variable
+    /// set, as for `ferry control`), an in-memory database, and a state folder under the
+    /// temporary directory.
+    #[expect(
+        clippy::expect_used,
+        reason = "the declared defaults validate: `declared_defaults_validate` checks it"
+    )]
     pub fn for_url(public_url: impl Into<String>) -> Settings {
-        Settings {
-            public_url: public_url.into(),
-            state_dir: std::env::temp_dir().join("ferry-control"),
-            db: None,
-            api_key: None,
-            autoscale_interval: Duration::from_secs(1),
-            stale_after: Duration::from_secs(30),
-            idle_stop_after: Duration::from_secs(60),
-            token_ttl: Duration::from_secs(600),
-            queue_ttl: Duration::from_secs(120),
-            pending_ttl: Duration::from_secs(60),
-            gateway_wait: Duration::from_secs(300),
-            key_bits: 2048,
-            signing_key_pem: None,
-            connections: ferry_serve::Limits::new("control"),
-        }
+        let state_dir = std::env::temp_dir().join("ferry-control");
+        let args = ControlArgs::parse_with(&["--state-dir", &state_dir.to_string_lossy()])
+            .expect("the declared defaults parse");
+        let mut s = args
+            .validate(([127, 0, 0, 1], 0).into())
+            .expect("the declared defaults validate");
+        s.public_url = public_url.into();
+        s.db = None;
+        s
     }
 }
 
 impl ControlArgs {
+    /// Parses `ferry control`'s flags from `argv` (without the command name).
+    pub fn parse_with(argv: &[&str]) -> Result<ControlArgs, clap::Error> {
+        use clap::{Args as _, FromArgMatches as _};
+        let matches = ControlArgs::augment_args(clap::Command::new("control"))
+            .try_get_matches_from(std::iter::once("control").chain(argv.iter().copied()))?;
+        ControlArgs::from_arg_matches(&matches)
+    }
+
     /// Validates into [`Settings`], given the address actually bound.
     pub fn validate(&self, bound: SocketAddr) -> Result<Settings, ConfigError> {
         let state_dir = match &self.state_dir {
@@ -199,15 +264,6 @@ impl ControlArgs {
                 return Err(ConfigError::new("FERRY_API_KEY", "must not be empty"));
             }
         }
-        if self.provider != "local" {
-            return Err(ConfigError::new(
-                "--provider",
-                format!("unknown provider {:?} (known: local)", self.provider),
-            ));
-        }
-        if !(2048..=4096).contains(&self.key_bits) {
-            return Err(ConfigError::new("--key-bits", "must be 2048..=4096"));
-        }
         let ms = |v: u64, name: &'static str| {
             if v == 0 {
                 Err(ConfigError::new(name, "must be positive"))
@@ -221,13 +277,28 @@ impl ControlArgs {
             db,
             api_key: self.api_key.clone(),
             autoscale_interval: ms(self.autoscale_interval_ms, "--autoscale-interval-ms")?,
-            stale_after: ms(self.stale_after_s * 1000, "--stale-after-s")?,
+            stale_after: ms(self.stale_after_s.saturating_mul(1000), "--stale-after-s")?,
             idle_stop_after: Duration::from_secs(self.idle_stop_after_s),
-            token_ttl: ms(self.token_ttl_s * 1000, "--token-ttl-s")?,
-            queue_ttl: ms(self.queue_ttl_s * 1000, "--queue-ttl-s")?,
-            pending_ttl: ms(self.pending_ttl_s * 1000, "--pending-ttl-s")?,
-            gateway_wait: ms(self.gateway_wait_s * 1000, "--gateway-wait-s")?,
-            key_bits: self.key_bits,
+            token_ttl: ms(self.token_ttl_s.saturating_mul(1000), "--token-ttl-s")?,
+            queue_ttl: ms(self.queue_ttl_s.saturating_mul(1000), "--queue-ttl-s")?,
+            pending_ttl: ms(self.pending_ttl_s.saturating_mul(1000), "--pending-ttl-s")?,
+            gateway: GatewaySettings {
+                wait: ms(self.gateway_wait_s.saturating_mul(1000), "--gateway-wait-s")?,
+                max_body_bytes: positive(self.gateway_max_body_bytes, "--gateway-max-body-bytes")?,
+                attempts: positive(self.gateway_attempts, "--gateway-attempts")?,
+                first_byte_timeout: ms(
+                    self.gateway_first_byte_timeout_s.saturating_mul(1000),
+                    "--gateway-first-byte-timeout-s",
+                )?,
+            },
+            provider: ProviderSettings {
+                kind: self.provider,
+                ferry_exe: self.ferry_exe.clone(),
+                model_cmd: self.model_cmd.clone(),
+                backend: self.backend.clone(),
+                stop_grace: ms(self.stop_grace_s.saturating_mul(1000), "--stop-grace-s")?,
+            },
+            key_bits: usize::from(self.key_bits),
             signing_key_pem: None,
             connections: {
                 let mut limits = ferry_serve::Limits::new("control")
@@ -249,6 +320,14 @@ impl ControlArgs {
                 limits
             },
         })
+    }
+}
+
+fn positive(v: usize, name: &'static str) -> Result<usize, ConfigError> {
+    if v == 0 {
+        Err(ConfigError::new(name, "must be positive"))
+    } else {
+        Ok(v)
     }
 }
 
@@ -278,6 +357,38 @@ mod tests {
             .unwrap();
         let args = ControlArgs::from_arg_matches(&matches).unwrap();
         args.validate("127.0.0.1:8080".parse().unwrap())
+    }
+
+    #[test]
+    fn declared_defaults_validate() {
+        let s = Settings::for_url("http://127.0.0.1:1");
+        assert_eq!(s.public_url, "http://127.0.0.1:1");
+        assert_eq!(s.gateway.attempts, 3);
+        assert_eq!(s.provider.kind, ProviderKind::Local);
+        assert_eq!(s.provider.stop_grace, Duration::from_secs(10));
+        assert!(s.db.is_none());
+    }
+
+    #[test]
+    fn enum_and_ranged_settings_are_refused_by_name() {
+        for argv in [
+            &["--provider", "vast"][..],
+            &["--key-bits", "1024"],
+            &["--gateway-attempts", "0"],
+        ] {
+            let full: Vec<&str> = ["--state-dir", "/tmp/x"]
+                .iter()
+                .chain(argv)
+                .copied()
+                .collect();
+            let refused = match ControlArgs::parse_with(&full) {
+                Err(e) => e.to_string().contains(argv[0]),
+                Ok(a) => a
+                    .validate("127.0.0.1:1".parse().unwrap())
+                    .is_err_and(|e| e.setting == argv[0]),
+            };
+            assert!(refused, "{argv:?}");
+        }
     }
 
     #[test]

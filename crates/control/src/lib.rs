@@ -271,26 +271,30 @@ pub async fn run_cli(
         .map_err(|e| ConfigError::new("--listen", format!("binding {}: {e}", args.listen)))?;
     let bound = listener.local_addr()?;
     let settings = args.validate(bound)?;
-    let exe = match &args.ferry_exe {
+    let exe = match &settings.provider.ferry_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| {
             ConfigError::new("--ferry-exe", format!("cannot find this executable: {e}"))
         })?,
     };
-    let stop_grace = Duration::from_secs(args.stop_grace_s.max(1));
-    let provider = provider::local::LocalProvider::new(provider::local::LocalConfig {
-        ferry_exe: exe,
-        state_dir: settings.state_dir.clone(),
-        model_cmd: args.model_cmd.clone(),
-        backend: args.backend.clone(),
-        stop_grace,
-        worker_env: [(
-            "FERRY_SHUTDOWN_GRACE_S".to_owned(),
-            stop_grace.as_secs().to_string(),
-        )]
-        .into_iter()
-        .collect(),
-    });
+    let p = &settings.provider;
+    let provider = match p.kind {
+        config::ProviderKind::Local => {
+            provider::local::LocalProvider::new(provider::local::LocalConfig {
+                ferry_exe: exe,
+                state_dir: settings.state_dir.clone(),
+                model_cmd: p.model_cmd.clone(),
+                backend: p.backend.clone(),
+                stop_grace: p.stop_grace,
+                worker_env: [(
+                    "FERRY_SHUTDOWN_GRACE_S".to_owned(),
+                    p.stop_grace.as_secs().max(1).to_string(),
+                )]
+                .into_iter()
+                .collect(),
+            })
+        }
+    };
     secrets::private_dir(&settings.state_dir)
         .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
     let control = Control::new(settings.clone(), Arc::new(provider)).await?;

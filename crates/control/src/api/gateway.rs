@@ -25,13 +25,6 @@ use crate::control::RouteOutcome;
 use crate::error::ControlError;
 use crate::Control;
 
-/// Attempts per request (first try plus re-routes).
-const ATTEMPTS: usize = 3;
-/// Bound on the wait for a worker's response head (no total timeout: streams run long).
-const FIRST_BYTE: Duration = Duration::from_secs(600);
-/// Largest request body.
-pub const MAX_GATEWAY_BODY: usize = 16 << 20;
-
 fn client() -> &'static reqwest::Client {
     static C: OnceLock<reqwest::Client> = OnceLock::new();
     C.get_or_init(|| {
@@ -97,10 +90,11 @@ async fn relay_inner(
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_GATEWAY_BODY as u64) {
-        return Err(too_large());
+    let limits = &c.settings().gateway;
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err(too_large(limits.max_body_bytes));
     }
-    let body = read_body(body).await?;
+    let body = read_body(body, limits.max_body_bytes).await?;
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| ControlError::BadRequest(format!("malformed JSON body: {e}")))?;
     if !payload.is_object() {
@@ -109,7 +103,7 @@ async fn relay_inner(
         ));
     }
     let cost = cost_of(&payload);
-    let deadline = tokio::time::Instant::now() + c.settings().gateway_wait;
+    let deadline = tokio::time::Instant::now() + c.settings().gateway.wait;
     let mut idx = 0u64;
     let mut guard = Abandon {
         control: c.clone(),
@@ -117,7 +111,7 @@ async fn relay_inner(
     };
     let mut failed: Vec<String> = Vec::new();
     let mut last_error = String::new();
-    while failed.len() < ATTEMPTS {
+    while failed.len() < limits.attempts {
         // Register interest before routing so a report between the two is not missed.
         let notified = c.changed().notified();
         let grant = match c.route(endpoint, key.as_deref(), cost, idx, &failed)? {
@@ -131,7 +125,7 @@ async fn relay_inner(
                     _ = tokio::time::sleep_until(deadline) => {
                         return Err(ControlError::Unavailable(format!(
                             "no worker became available within {} s ({})",
-                            c.settings().gateway_wait.as_secs(), w.status
+                            c.settings().gateway.wait.as_secs(), w.status
                         )));
                     }
                 }
@@ -143,7 +137,7 @@ async fn relay_inner(
         let url = format!("{}{}", grant.url.trim_end_matches('/'), path);
         let wrapped = json!({"auth_data": &*grant, "payload": &payload});
         let sent = client().post(&url).json(&wrapped).send();
-        let resp = match tokio::time::timeout(FIRST_BYTE, sent).await {
+        let resp = match tokio::time::timeout(limits.first_byte_timeout, sent).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(request_idx = idx, worker = %grant.url, error = %e, "worker call failed; re-routing");
@@ -190,7 +184,8 @@ async fn relay_inner(
             .map_err(|e| ControlError::Internal(e.to_string()));
     }
     Err(ControlError::Upstream(format!(
-        "{ATTEMPTS} workers failed this request; last error: {last_error}"
+        "{} workers failed this request; last error: {last_error}",
+        limits.attempts
     )))
 }
 
@@ -208,19 +203,18 @@ impl Drop for Abandon {
     }
 }
 
-/// Reads a request body of at most [`MAX_GATEWAY_BODY`] bytes: a larger declared length is
-/// refused before reading, a longer body as soon as it passes the limit.
-async fn read_body(body: Body) -> Result<Bytes, ControlError> {
-    axum::body::to_bytes(body, MAX_GATEWAY_BODY)
+/// Reads a request body of at most `limit` bytes, refused as soon as it passes the limit.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ControlError> {
+    axum::body::to_bytes(body, limit)
         .await
         .map_err(|e| match std::error::Error::source(&e) {
-            Some(src) if src.is::<http_body_util::LengthLimitError>() => too_large(),
+            Some(src) if src.is::<http_body_util::LengthLimitError>() => too_large(limit),
             _ => ControlError::BadRequest(format!("reading the request body: {e}")),
         })
 }
 
-fn too_large() -> ControlError {
-    ControlError::TooLarge(format!("request body over {MAX_GATEWAY_BODY} bytes"))
+fn too_large(limit: usize) -> ControlError {
+    ControlError::TooLarge(format!("request body over {limit} bytes"))
 }
 
 /// An SSE relay whose failure after the headers (the worker's connection broke) ends the stream

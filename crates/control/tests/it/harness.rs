@@ -78,7 +78,7 @@ impl Cp {
         s.autoscale_interval = Duration::from_millis(100);
         s.stale_after = o.stale_after;
         s.idle_stop_after = o.idle_stop_after;
-        s.gateway_wait = o.gateway_wait;
+        s.gateway.wait = o.gateway_wait;
         let control = Control::new(s, provider.clone()).await.unwrap();
         let stop = CancellationToken::new();
         let st = stop.clone();
