@@ -30,6 +30,13 @@ set +a
 step "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "unused dependencies (cargo machete)"
+# Pinned; installed once into ~/.cargo/bin (about 2 minutes on 2 cores), reused afterwards.
+if ! cargo machete --version 2>/dev/null | grep -q "0.9.2"; then
+    cargo install cargo-machete --locked --version 0.9.2
+fi
+cargo machete
+
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 

@@ -17,17 +17,15 @@ pub const ROUTE_BAD_REQUEST: &str = "Invalid endpoint or missing required parame
 /// Vast's 401 text.
 pub const AUTH_FAILED: &str = "Authentication failed";
 
-/// Whose fault an error is: the label that tells a user's mistake from Ferry's.
+/// Whose fault an error is: the label that tells a user's mistake from Ferry's. (Provider and
+/// store failures happen in background tasks today, never inside an HTTP request, so no
+/// response carries them yet.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// The caller sent something wrong (4xx).
     Client,
     /// A worker failed or did not answer.
     Worker,
-    /// The provider (processes, machines) failed.
-    Provider,
-    /// The database failed.
-    Store,
     /// A bug or an I/O failure of the control plane itself.
     Internal,
 }
@@ -38,8 +36,6 @@ impl Source {
         match self {
             Source::Client => "client",
             Source::Worker => "worker",
-            Source::Provider => "provider",
-            Source::Store => "store",
             Source::Internal => "internal",
         }
     }
@@ -83,12 +79,7 @@ pub enum ControlError {
     /// The worker did not answer in time (504).
     #[error("{0}")]
     Timeout(String),
-    /// The provider could not launch, stop or reach an instance (502).
-    #[error("{0}")]
-    Provider(String),
-    /// The database failed (503: the request may work again shortly).
-    #[error("{0}")]
-    Store(String),
+
     /// A bug or an I/O failure on our side (500).
     #[error("{0}")]
     Internal(String),
@@ -106,8 +97,6 @@ impl ControlError {
             ControlError::Unavailable(_) => "unavailable",
             ControlError::Upstream(_) => "upstream",
             ControlError::Timeout(_) => "timeout",
-            ControlError::Provider(_) => "provider",
-            ControlError::Store(_) => "store",
             ControlError::Internal(_) => "internal",
         }
     }
@@ -123,8 +112,6 @@ impl ControlError {
             ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ControlError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            ControlError::Provider(_) => StatusCode::BAD_GATEWAY,
-            ControlError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -140,8 +127,6 @@ impl ControlError {
             ControlError::Unavailable(_) | ControlError::Upstream(_) | ControlError::Timeout(_) => {
                 Source::Worker
             }
-            ControlError::Provider(_) => Source::Provider,
-            ControlError::Store(_) => Source::Store,
             ControlError::Internal(_) => Source::Internal,
         }
     }

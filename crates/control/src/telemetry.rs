@@ -8,7 +8,7 @@
 //! | `ferry_control_queue_length` | gauge | |
 //! | `ferry_control_workers` | gauge | `state` (Vast's worker states) |
 //! | `ferry_control_scaling_actions_total` | counter | `action` = launch, resume, stop, destroy; `reason` |
-//! | `ferry_control_responses_total` | counter | `surface` = console, run, worker, gateway, ops; `code` (`ok` or the error code); `source` = none, client, worker, provider, store, internal |
+//! | `ferry_control_responses_total` | counter | `surface` = console, run, worker, gateway, ops; `code` (`ok` or the error code); `source` = none, client, worker, internal |
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
