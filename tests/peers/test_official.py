@@ -723,6 +723,9 @@ async def test_openai_gateway(cp: Control) -> None:
         assert sum(1 for p in parts if p.strip()) == 6, parts
         assert finish == "length", finish
 
+        models = await oa.models.list()
+        assert [m.id for m in models.data] == ["t6"], models
+
         r = await oa.completions.create(model="m", prompt="hello", max_tokens=7)
         assert r.choices[0].text.split() == tokens(7), r
         assert r.usage is not None and r.usage.completion_tokens == 7, r.usage

@@ -174,6 +174,7 @@ pub fn build_app(control: Control) -> Router {
     let gateway = Router::new()
         .route("/{endpoint}/v1/chat/completions", post(gw::chat))
         .route("/{endpoint}/v1/completions", post(gw::completions))
+        .route("/{endpoint}/v1/models", get(gw::models))
         .layer(axum::middleware::from_fn_with_state(
             Surface::Gateway,
             api::outcome::outcome,

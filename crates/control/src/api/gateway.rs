@@ -56,6 +56,22 @@ pub async fn completions(
     relay(c, ep, "/v1/completions", headers, body).await
 }
 
+/// `GET /{endpoint}/v1/models`: the endpoint as the one model it serves (id = the endpoint's
+/// name), so OpenAI clients that list models before calling find one. The `model` field of a
+/// request is passed to the model server as the client wrote it.
+pub async fn models(
+    State(c): State<Control>,
+    Path(ep): Path<String>,
+    headers: HeaderMap,
+) -> Result<axum::Json<Value>, ControlError> {
+    c.check_endpoint_key(&ep, bearer(&headers).as_deref())?;
+    let created = c.endpoint_created_at(&ep).unwrap_or_default() as u64;
+    Ok(axum::Json(json!({
+        "object": "list",
+        "data": [{"id": ep, "object": "model", "created": created, "owned_by": "ferry"}],
+    })))
+}
+
 fn cost_of(payload: &Value) -> f64 {
     ["max_tokens", "max_completion_tokens"]
         .iter()

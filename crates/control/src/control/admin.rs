@@ -344,6 +344,15 @@ impl Control {
         }
     }
 
+    /// When the named endpoint was created (Unix seconds).
+    pub fn endpoint_created_at(&self, name: &str) -> Option<f64> {
+        self.lock()
+            .endpoints
+            .values()
+            .find(|e| e.endpoint_name == name)
+            .map(|e| e.created_at)
+    }
+
     /// Endpoint key by name (tests and the gateway's own routes).
     pub fn endpoint_key(&self, name: &str) -> Option<String> {
         self.lock()

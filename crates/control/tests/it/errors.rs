@@ -11,7 +11,7 @@ use crate::inproc::InProc;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_surface_shapes_its_errors_for_its_audience() {
     let cp = Cp::start(InProc::new(SimConfig::default(), false), Opts::default()).await;
-    let (ep_id, _key, _) = cp.endpoint("shapes", json!({"cold_workers": 0})).await;
+    let (ep_id, key, _) = cp.endpoint("shapes", json!({"cold_workers": 0})).await;
 
     // Console API: Vast's {"success": false, "error", "msg"}.
     let (st, v) = cp
@@ -89,6 +89,21 @@ async fn each_surface_shapes_its_errors_for_its_audience() {
         v,
         json!({"error": {"message": "Authentication failed", "type": "unauthorized", "code": 401}})
     );
+
+    // The gateway lists the endpoint as its model, to its key holders only.
+    let (st, v) = cp
+        .req(reqwest::Method::GET, "/shapes/v1/models", Some(&key), None)
+        .await;
+    assert_eq!((st, &v["data"][0]["id"]), (200, &json!("shapes")), "{v}");
+    let (st, v) = cp
+        .req(
+            reqwest::Method::GET,
+            "/shapes/v1/models",
+            Some("wrong"),
+            None,
+        )
+        .await;
+    assert_eq!((st, &v["error"]["code"]), (401, &json!(401)), "{v}");
 
     // /route/: Vast's exact run-host body.
     let (st, v) = cp
