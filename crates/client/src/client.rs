@@ -166,8 +166,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Uses this HTTP client instead of building one (the TLS and pool settings above are then
-    /// ignored).
+    /// Uses this HTTP client instead of building one (the TLS and pool settings above, and the
+    /// same-host redirect policy, are then the caller's to set).
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
         self
@@ -186,6 +186,7 @@ impl ClientBuilder {
                     .connect_timeout(self.connect_timeout)
                     .pool_max_idle_per_host(self.pool_idle_per_host)
                     .tcp_nodelay(true)
+                    .redirect(same_host_redirects())
                     .danger_accept_invalid_certs(self.accept_invalid_certs);
                 for raw in &self.root_certs {
                     let parsed = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
@@ -236,6 +237,28 @@ pub async fn fetch_vast_root_ca() -> Result<Vec<u8>, Error> {
     }
     Ok(body.to_vec())
 }
+
+/// Follows a redirect only within the host it started at: a named control plane (or a granted
+/// worker) cannot pass the request on to another host, and with it the key in a `/route/` body
+/// (a 307 re-sends the body). A redirect elsewhere is answered as the 3xx itself.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if same_host {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// Redirects followed per call (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
 
 /// The `(route, webserver)` base URLs: Vast's hosts only when the caller named neither, else
 /// the one named serves both.

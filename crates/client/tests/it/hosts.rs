@@ -4,11 +4,14 @@
 
 use std::time::Duration;
 
+use axum::response::Redirect;
+use axum::routing::{get, post};
+use axum::Router;
 use ferry_client::{ApiKey, Backoff, Client, ClientBuilder, RequestOptions};
 use serde_json::{json, Value};
 
 use crate::fake::{
-    FakeControlPlane, FakeWorker, RouteAnswer, Trap, WorkerAnswer, ACCOUNT_KEY, EP_KEY,
+    serve, FakeControlPlane, FakeWorker, RouteAnswer, Trap, WorkerAnswer, ACCOUNT_KEY, EP_KEY,
 };
 
 /// One way to name the control plane's URL on a builder.
@@ -104,4 +107,58 @@ async fn no_url_named_means_vast_and_the_trap_sees_it() {
             .all(|h| h.starts_with("CONNECT console.vast.ai:443 ")),
         "{hits:?}"
     );
+}
+
+/// A named control plane that redirects elsewhere does not take the request with it: a 307 on
+/// `/route/` would re-send the endpoint key in the body to the other host.
+#[tokio::test]
+async fn a_redirect_to_another_host_is_not_followed() {
+    let trap = Trap::start().await;
+    // The trap listens on 127.0.0.1; "localhost" names it as another host.
+    let elsewhere = trap.url.replace("127.0.0.1", "localhost");
+    let (to_route, to_list) = (
+        format!("{elsewhere}/route/"),
+        format!("{elsewhere}/api/v0/endptjobs/"),
+    );
+    let app = Router::new()
+        .route(
+            "/route/",
+            post(move || async move { Redirect::temporary(&to_route) }),
+        )
+        .route(
+            "/api/v0/endptjobs/",
+            get(move || async move { Redirect::temporary(&to_list) }),
+        );
+    let (cp, stop) = serve(app).await;
+    // The client as built by the SDK (no proxy: the redirect is what would leave).
+    let c = fast(Client::builder().base_url(&cp)).build().unwrap();
+
+    let err = c
+        .list_endpoints(&ApiKey::new(ACCOUNT_KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.status()),
+        ("account_api", Some(307)),
+        "{err:?}"
+    );
+    let err = c
+        .endpoint("ep", EP_KEY)
+        .request(
+            "/v1/completions",
+            &json!({}),
+            &RequestOptions {
+                max_retries: 0,
+                ..RequestOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(307), "{err:?}");
+    assert_eq!(
+        trap.hits(),
+        Vec::<String>::new(),
+        "followed a redirect to another host"
+    );
+    stop.cancel();
 }
