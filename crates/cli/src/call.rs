@@ -24,20 +24,21 @@ pub(crate) fn usage_error(msg: impl std::fmt::Display) -> ! {
 }
 
 /// Where requests go and with which keys; shared by `call` and `bench`.
+///
+/// Every call goes to a URL the user named (or to a worker its `/route/` grants): `--url` serves
+/// both `/route/` and the endpoint-key lookup unless `--webserver-url` is given too. Vast's public
+/// hosts are used only when neither is named, by flag or environment.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnArgs {
-    /// Control plane base URL serving /route/ [env: FERRY_URL, then VAST_AUTOSCALER_URL;
-    /// default `https://run.vast.ai`].
+    /// Control plane base URL: /route/ and, unless --webserver-url is given, the endpoint-key
+    /// lookup with --api-key [env: FERRY_URL, then VAST_AUTOSCALER_URL]. With neither --url nor
+    /// --webserver-url: Vast's public hosts, https://run.vast.ai and https://console.vast.ai.
     #[arg(long = "url", value_name = "URL")]
     pub route_url: Option<String>,
-    /// Account API base URL, used to look up the endpoint key with --api-key.
-    #[arg(
-        long,
-        env = "FERRY_WEBSERVER_URL",
-        default_value = ferry_client::DEFAULT_WEBSERVER_URL,
-        value_name = "URL"
-    )]
-    pub webserver_url: String,
+    /// Account API base URL for the endpoint-key lookup with --api-key, when it is not the
+    /// control plane's [default: --url].
+    #[arg(long, env = "FERRY_WEBSERVER_URL", value_name = "URL")]
+    pub webserver_url: Option<String>,
     /// The endpoint's own API key (sent to /route/).
     #[arg(
         long,
@@ -56,8 +57,8 @@ pub struct ConnArgs {
     /// Trust this extra root certificate (PEM or DER), e.g. Vast's jvastai_root.cer.
     #[arg(long, value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
-    /// Download and trust Vast's root certificate, as Vast's client does (for workers with
-    /// USE_SSL=true).
+    /// Download Vast's root certificate from console.vast.ai and trust it, as Vast's client does
+    /// (for workers with USE_SSL=true).
     #[arg(long)]
     pub vast_ca: bool,
     /// Accept any TLS certificate (debugging only).
@@ -66,7 +67,8 @@ pub struct ConnArgs {
 }
 
 impl ConnArgs {
-    fn route_url(&self) -> String {
+    /// `--url`, else the first of its environment variables that is set.
+    fn route_url(&self) -> Option<String> {
         self.route_url
             .clone()
             .or_else(|| std::env::var("FERRY_URL").ok().filter(|s| !s.is_empty()))
@@ -75,16 +77,20 @@ impl ConnArgs {
                     .ok()
                     .filter(|s| !s.is_empty())
             })
-            .unwrap_or_else(|| ferry_client::DEFAULT_ROUTE_URL.to_owned())
     }
 
-    /// The SDK client; bad URLs or certificates are usage errors.
+    /// The SDK client; bad URLs or certificates are usage errors. The URLs named are passed on
+    /// as named: the SDK falls back to Vast's hosts only when there are none.
     pub(crate) async fn client(&self, pool: usize) -> anyhow::Result<Client> {
         let mut b = Client::builder()
-            .route_url(self.route_url())
-            .webserver_url(&self.webserver_url)
             .pool_idle_per_host(pool)
             .danger_accept_invalid_certs(self.insecure);
+        if let Some(url) = self.route_url() {
+            b = b.route_url(url);
+        }
+        if let Some(url) = &self.webserver_url {
+            b = b.webserver_url(url);
+        }
         if let Some(path) = &self.ca_cert {
             match std::fs::read(path) {
                 Ok(pem) => b = b.add_root_certificate(pem),

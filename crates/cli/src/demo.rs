@@ -114,10 +114,7 @@ async fn demo(args: &DemoArgs, state_dir: &std::path::Path) -> anyhow::Result<()
         args.model_cmd.as_deref().unwrap_or("built-in simulated LLM")
     );
 
-    let client = Client::builder()
-        .route_url(base.clone())
-        .webserver_url(base.clone())
-        .build()?;
+    let client = Client::builder().base_url(base.clone()).build()?;
     let endpoint = client
         .endpoint_from_account(ENDPOINT, &ferry_client::ApiKey::new(ACCOUNT_KEY))
         .await?;

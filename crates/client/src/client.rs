@@ -10,9 +10,9 @@ use serde_json::{Map, Value};
 
 use crate::error::{excerpt, retryable_status, Error};
 
-/// Vast's hosted control plane (`/route/`).
+/// Vast's hosted control plane (`/route/`), used only when no URL is named.
 pub const DEFAULT_ROUTE_URL: &str = "https://run.vast.ai";
-/// Vast's web/console API (endpoint list with keys).
+/// Vast's web/console API (endpoint list with keys), used only when no URL is named.
 pub const DEFAULT_WEBSERVER_URL: &str = "https://console.vast.ai";
 /// Where Vast publishes the root certificate that signs its workers' TLS certificates
 /// (`USE_SSL=true`); Vast's client downloads and trusts it.
@@ -68,10 +68,18 @@ impl Default for Backoff {
 }
 
 /// Builds a [`Client`].
+///
+/// Where the client sends its calls: a URL the caller named serves every call, and Vast's
+/// hosts are used only when none is named. [`base_url`](Self::base_url) names the one control
+/// plane for `/route/` and the account API (as `ferry control` serves both);
+/// [`route_url`](Self::route_url) or [`webserver_url`](Self::webserver_url) alone names it too,
+/// and both together split the two. Unlike Vast's Python client (whose `webserver_url` stays
+/// `https://console.vast.ai` when only `autoscaler_url` is given), an account key is never sent to
+/// a host the caller did not name. Workers are called at the URLs `/route/` grants.
 #[derive(Debug)]
 pub struct ClientBuilder {
-    route_url: String,
-    webserver_url: String,
+    route_url: Option<String>,
+    webserver_url: Option<String>,
     backoff: Backoff,
     route_timeout: Duration,
     connect_timeout: Duration,
@@ -84,8 +92,8 @@ pub struct ClientBuilder {
 impl Default for ClientBuilder {
     fn default() -> Self {
         ClientBuilder {
-            route_url: DEFAULT_ROUTE_URL.into(),
-            webserver_url: DEFAULT_WEBSERVER_URL.into(),
+            route_url: None,
+            webserver_url: None,
             backoff: Backoff::default(),
             route_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
@@ -98,15 +106,26 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Base URL of the control plane serving `/route/` (default [`DEFAULT_ROUTE_URL`]).
+    /// Base URL of the control plane serving both `/route/` and the account API (the
+    /// endpoint-key lookup), e.g. `ferry control`'s.
+    pub fn base_url(self, url: impl Into<String>) -> Self {
+        let url = url.into();
+        self.route_url(url.clone()).webserver_url(url)
+    }
+
+    /// Base URL of the control plane serving `/route/` (Vast's `autoscaler_url`). Also the
+    /// account API's unless [`webserver_url`](Self::webserver_url) is set. With neither set:
+    /// [`DEFAULT_ROUTE_URL`].
     pub fn route_url(mut self, url: impl Into<String>) -> Self {
-        self.route_url = url.into();
+        self.route_url = Some(url.into());
         self
     }
 
-    /// Base URL of the account API (default [`DEFAULT_WEBSERVER_URL`]).
+    /// Base URL of the account API, where [`Client::endpoint_from_account`] looks an endpoint's
+    /// key up (Vast's `webserver_url`). Also `/route/`'s unless [`route_url`](Self::route_url)
+    /// is set. With neither set: [`DEFAULT_WEBSERVER_URL`].
     pub fn webserver_url(mut self, url: impl Into<String>) -> Self {
-        self.webserver_url = url.into();
+        self.webserver_url = Some(url.into());
         self
     }
 
@@ -147,8 +166,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Uses this HTTP client instead of building one (the TLS and pool settings above are then
-    /// ignored).
+    /// Uses this HTTP client instead of building one (the TLS and pool settings above, and the
+    /// same-host redirect policy, are then the caller's to set).
     pub fn http_client(mut self, http: reqwest::Client) -> Self {
         self.http = Some(http);
         self
@@ -156,8 +175,9 @@ impl ClientBuilder {
 
     /// Validates the settings and builds the client.
     pub fn build(self) -> Result<Client, Error> {
-        let route_url = base_url("route URL", &self.route_url)?;
-        let webserver_url = base_url("webserver URL", &self.webserver_url)?;
+        let (route_url, webserver_url) = named_urls(self.route_url, self.webserver_url);
+        let route_url = base_url("route URL", &route_url)?;
+        let webserver_url = base_url("webserver URL", &webserver_url)?;
         let http = match self.http {
             Some(h) => h,
             None => {
@@ -166,6 +186,7 @@ impl ClientBuilder {
                     .connect_timeout(self.connect_timeout)
                     .pool_max_idle_per_host(self.pool_idle_per_host)
                     .tcp_nodelay(true)
+                    .redirect(same_host_redirects())
                     .danger_accept_invalid_certs(self.accept_invalid_certs);
                 for raw in &self.root_certs {
                     let parsed = if raw.trim_ascii_start().starts_with(b"-----BEGIN") {
@@ -215,6 +236,38 @@ pub async fn fetch_vast_root_ca() -> Result<Vec<u8>, Error> {
         )));
     }
     Ok(body.to_vec())
+}
+
+/// Follows a redirect only within the host it started at: a named control plane (or a granted
+/// worker) cannot pass the request on to another host, and with it the key in a `/route/` body
+/// (a 307 re-sends the body). A redirect elsewhere is answered as the 3xx itself.
+fn same_host_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_host = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.host_str() == attempt.url().host_str());
+        if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else if same_host {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
+}
+
+/// Redirects followed per call (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
+
+/// The `(route, webserver)` base URLs: Vast's hosts only when the caller named neither, else
+/// the one named serves both.
+fn named_urls(route: Option<String>, webserver: Option<String>) -> (String, String) {
+    match (route, webserver) {
+        (None, None) => (DEFAULT_ROUTE_URL.into(), DEFAULT_WEBSERVER_URL.into()),
+        (Some(one), None) | (None, Some(one)) => (one.clone(), one),
+        (Some(route), Some(webserver)) => (route, webserver),
+    }
 }
 
 /// A base URL without its trailing `/`, checked to be http(s).
@@ -277,9 +330,14 @@ impl Client {
         ClientBuilder::default()
     }
 
-    /// The control plane's base URL.
+    /// The control plane's base URL (`/route/`).
     pub fn route_url(&self) -> &str {
         &self.inner.route_url
+    }
+
+    /// The account API's base URL (the endpoint-key lookup).
+    pub fn webserver_url(&self) -> &str {
+        &self.inner.webserver_url
     }
 
     /// An endpoint, routed through the control plane with the endpoint's own key.
@@ -430,5 +488,41 @@ impl Endpoint {
             "signature": "",
             "url": url,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(b: ClientBuilder) -> (String, String) {
+        let c = b.build().unwrap();
+        (c.route_url().to_owned(), c.webserver_url().to_owned())
+    }
+
+    #[test]
+    fn vast_hosts_only_when_no_url_is_named() {
+        let own = "http://127.0.0.1:8080";
+        let other = "http://10.0.0.2:9000";
+        let pair = |r: &str, w: &str| (r.to_owned(), w.to_owned());
+        assert_eq!(
+            urls(Client::builder()),
+            pair(DEFAULT_ROUTE_URL, DEFAULT_WEBSERVER_URL)
+        );
+        assert_eq!(urls(Client::builder().base_url(own)), pair(own, own));
+        assert_eq!(urls(Client::builder().route_url(own)), pair(own, own));
+        assert_eq!(urls(Client::builder().webserver_url(own)), pair(own, own));
+        assert_eq!(
+            urls(Client::builder().route_url(own).webserver_url(other)),
+            pair(own, other)
+        );
+        assert_eq!(
+            urls(Client::builder().base_url(own).webserver_url(other)),
+            pair(own, other)
+        );
+        assert_eq!(
+            urls(Client::builder().route_url(format!("{own}/"))),
+            pair(own, own)
+        );
     }
 }

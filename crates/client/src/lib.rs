@@ -11,7 +11,9 @@
 //! use futures_util::StreamExt;
 //!
 //! # async fn demo() -> Result<(), ferry_client::Error> {
-//! let client = Client::builder().route_url("http://127.0.0.1:8080").build()?;
+//! // Your own control plane for every call (`/route/` and the account API); Vast's hosts are
+//! // used only by a client given no URL at all.
+//! let client = Client::builder().base_url("http://127.0.0.1:8080").build()?;
 //! let endpoint = client.endpoint("my-endpoint", "ENDPOINT_KEY");
 //! let answer = endpoint
 //!     .request("/v1/completions", &serde_json::json!({"prompt": "hi", "max_tokens": 8}),

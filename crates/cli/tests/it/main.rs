@@ -6,3 +6,4 @@ mod args;
 mod bench;
 mod call;
 mod stack;
+mod trap;

@@ -1,5 +1,6 @@
-//! A scripted fake control plane (`/route/`, plus the worker-facing `/pubkey/`,
-//! `/worker_status/`, `/delete_requests/`) and a scripted fake worker, both axum on 127.0.0.1:0.
+//! A scripted fake control plane (`/route/`, the account API's `/api/v0/endptjobs/`, plus the
+//! worker-facing `/pubkey/`, `/worker_status/`, `/delete_requests/`), a scripted fake worker,
+//! both axum on 127.0.0.1:0, and a [`Trap`] standing in for every other host.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -14,6 +15,7 @@ use axum::{Json, Router};
 use ferry_client::{Backoff, Client};
 use ferry_protocol::SigningKey;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -77,7 +79,13 @@ struct CpState {
     bodies: Mutex<Vec<Value>>,
     auth_headers: Mutex<Vec<Option<String>>>,
     grants: Mutex<Vec<Value>>,
+    lookups: Mutex<Vec<Option<String>>>,
 }
+
+/// The account key the fake account API accepts.
+pub const ACCOUNT_KEY: &str = "acct-key";
+/// The endpoint key it returns for endpoint `ep`.
+pub const EP_KEY: &str = "ep-key";
 
 /// The fake control plane.
 pub struct FakeControlPlane {
@@ -100,6 +108,7 @@ impl FakeControlPlane {
         *state.script.lock().unwrap() = script.into();
         let app = Router::new()
             .route("/route/", post(route))
+            .route("/api/v0/endptjobs/", get(endptjobs))
             .route("/pubkey/", get(|| async { key().public_key().to_pem() }))
             .route("/worker_status/", post(|| async { StatusCode::OK }))
             .route("/delete_requests/", post(|| async { StatusCode::OK }))
@@ -134,6 +143,11 @@ impl FakeControlPlane {
         self.state.auth_headers.lock().unwrap().clone()
     }
 
+    /// The `Authorization` header of every endpoint lookup (`GET /api/v0/endptjobs/`).
+    pub fn lookups(&self) -> Vec<Option<String>> {
+        self.state.lookups.lock().unwrap().clone()
+    }
+
     /// Every ready answer given.
     pub fn grants(&self) -> Vec<Value> {
         self.state.grants.lock().unwrap().clone()
@@ -152,6 +166,20 @@ pub fn grant(url: &str, idx: u64) -> Value {
         "url": url,
         "future_key": {"kept": true},
     })
+}
+
+/// The account API's endpoint list: endpoint `ep` with [`EP_KEY`], for [`ACCOUNT_KEY`] only.
+async fn endptjobs(State(st): State<Arc<CpState>>, headers: HeaderMap) -> Response {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    st.lookups.lock().unwrap().push(auth.clone());
+    if auth.as_deref() != Some(&format!("Bearer {ACCOUNT_KEY}")) {
+        return (StatusCode::UNAUTHORIZED, r#"{"detail":"bad key"}"#).into_response();
+    }
+    Json(json!({"success": true, "results": [{"id": 1, "endpoint_name": "ep", "api_key": EP_KEY}]}))
+        .into_response()
 }
 
 async fn route(
@@ -257,4 +285,72 @@ async fn worker(State(st): State<Arc<WorkerState>>, req: Request) -> Response {
                 .unwrap()
         }
     }
+}
+
+/// Every host the user did not name: an HTTP proxy on 127.0.0.1 that records the request line of
+/// each connection (`CONNECT console.vast.ai:443 HTTP/1.1` for https) and refuses it with 403,
+/// so nothing goes further. Point a client at it with [`Trap::http_client`] (or, for a child
+/// process, `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY` with `NO_PROXY=127.0.0.1,localhost`).
+pub struct Trap {
+    pub url: String,
+    hits: Arc<Mutex<Vec<String>>>,
+    _stop: DropCancel,
+}
+
+impl Trap {
+    pub async fn start() -> Trap {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let (h, s) = (hits.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let sock = tokio::select! {
+                    () = s.cancelled() => return,
+                    accepted = listener.accept() => accepted.unwrap().0,
+                };
+                tokio::spawn(refuse(sock, h.clone()));
+            }
+        });
+        Trap {
+            url,
+            hits,
+            _stop: DropCancel(stop),
+        }
+    }
+
+    /// The request line of every connection that reached the trap.
+    pub fn hits(&self) -> Vec<String> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// An HTTP client that goes straight to 127.0.0.1 and through the trap for any other host.
+    pub fn http_client(&self) -> reqwest::Client {
+        let proxy = reqwest::Proxy::all(&self.url)
+            .unwrap()
+            .no_proxy(reqwest::NoProxy::from_string("127.0.0.1,localhost"));
+        reqwest::Client::builder().proxy(proxy).build().unwrap()
+    }
+}
+
+async fn refuse(mut sock: tokio::net::TcpStream, hits: Arc<Mutex<Vec<String>>>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or("<no request line>")
+        .to_owned();
+    hits.lock().unwrap().push(line);
+    let _ = sock
+        .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .await;
 }

@@ -3,6 +3,7 @@
 
 mod account;
 mod fake;
+mod hosts;
 mod real_worker;
 mod routing;
 mod sessions;
