@@ -57,6 +57,7 @@
 
 pub mod api;
 pub mod autoscale;
+pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod endpoint;
@@ -66,6 +67,7 @@ pub mod queue;
 pub mod registry;
 pub mod route;
 pub mod secrets;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 

@@ -5,9 +5,13 @@
 //! - [`endpoints`]: the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
 //!   `/api/v0/autojobs/`).
 //! - [`gateway`]: the OpenAI-compatible front (`/{endpoint}/v1/...`).
+//!
+//! JSON stops here: [`patch`] reads console bodies into typed patches, and each handler turns
+//! typed records into the answers' JSON.
 
 pub mod endpoints;
 pub mod gateway;
+pub mod patch;
 pub mod route;
 pub mod worker;
 
