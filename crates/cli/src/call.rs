@@ -32,7 +32,7 @@ pub(crate) fn usage_error(msg: impl std::fmt::Display) -> ! {
 pub struct ConnArgs {
     /// Control plane base URL: /route/ and, unless --webserver-url is given, the endpoint-key
     /// lookup with --api-key [env: FERRY_URL, then VAST_AUTOSCALER_URL]. With neither --url nor
-    /// --webserver-url: Vast's public hosts, https://run.vast.ai and https://console.vast.ai.
+    /// --webserver-url: Vast's public hosts, `https://run.vast.ai` and `https://console.vast.ai`.
     #[arg(long = "url", value_name = "URL")]
     pub route_url: Option<String>,
     /// Account API base URL for the endpoint-key lookup with --api-key, when it is not the

@@ -1,5 +1,7 @@
-//! Endpoint and workergroup records: Vast's fields, their defaults, validation, and the JSON
-//! the endpoint API answers with.
+//! Endpoint and workergroup records (Vast's fields and their defaults) and the typed patches
+//! that create and update them ([`EndpointPatch`], [`WorkergroupPatch`]), with their
+//! validation. The JSON they are read from is parsed in `api::patch`; the catalog
+//! ([`crate::catalog`]) applies them.
 //!
 //! # Endpoint parameters (Vast's names and meaning)
 //!
@@ -50,7 +52,8 @@ pub enum EndpointState {
 }
 
 impl EndpointState {
-    fn parse(s: &str) -> Option<EndpointState> {
+    /// Parses Vast's name (any case).
+    pub fn parse(s: &str) -> Option<EndpointState> {
         match s.to_ascii_lowercase().as_str() {
             "active" => Some(EndpointState::Active),
             "suspended" => Some(EndpointState::Suspended),
@@ -121,131 +124,6 @@ pub struct Endpoint {
     pub params: EndpointParams,
 }
 
-impl Endpoint {
-    /// The record as the endpoint API returns it (Vast's `EndpointData` keys).
-    pub fn to_api(&self) -> Value {
-        let mut v = match serde_json::to_value(self) {
-            Ok(Value::Object(m)) => m,
-            _ => Map::new(),
-        };
-        v.insert("user_id".into(), Value::from(1));
-        v.insert("auto_delete_in_seconds".into(), Value::Null);
-        v.insert("auto_delete_due_24h".into(), Value::Bool(false));
-        Value::Object(v)
-    }
-}
-
-fn num(body: &Map<String, Value>, key: &str) -> Result<Option<f64>, ControlError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .map(Some)
-            .ok_or_else(|| ControlError::BadRequest(format!("{key}: not a finite number"))),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .map(Some)
-            .ok_or_else(|| ControlError::BadRequest(format!("{key}: not a number"))),
-        Some(_) => Err(ControlError::BadRequest(format!("{key}: not a number"))),
-    }
-}
-
-fn count(body: &Map<String, Value>, key: &str) -> Result<Option<u32>, ControlError> {
-    match num(body, key)? {
-        None => Ok(None),
-        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= f64::from(u32::MAX) => Ok(Some(f as u32)),
-        Some(_) => Err(ControlError::BadRequest(format!(
-            "{key}: must be a non-negative integer"
-        ))),
-    }
-}
-
-fn text(body: &Map<String, Value>, key: &str) -> Result<Option<String>, ControlError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(ControlError::BadRequest(format!("{key}: must be a string"))),
-    }
-}
-
-/// Checks Vast's endpoint name rule: `^[a-zA-Z0-9_-]+$`, at most 255 characters.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Applies the parameter keys present (and non-null) in `body` to `p`, validating each.
-pub fn apply_params(p: &mut EndpointParams, body: &Map<String, Value>) -> Result<(), ControlError> {
-    let nonneg = |k: &str, v: f64| {
-        if v < 0.0 {
-            Err(ControlError::BadRequest(format!("{k}: must be >= 0")))
-        } else {
-            Ok(v)
-        }
-    };
-    if let Some(v) = num(body, "min_load")? {
-        p.min_load = nonneg("min_load", v)?;
-    }
-    if let Some(v) = num(body, "min_cold_load")? {
-        p.min_cold_load = nonneg("min_cold_load", v)?;
-    }
-    if let Some(v) = num(body, "target_util")? {
-        if !(v > 0.0 && v <= 1.0) {
-            return Err(ControlError::BadRequest(
-                "target_util: must be in (0, 1]".into(),
-            ));
-        }
-        p.target_util = v;
-    }
-    if let Some(v) = num(body, "cold_mult")? {
-        p.cold_mult = nonneg("cold_mult", v)?;
-    }
-    if let Some(v) = count(body, "cold_workers")? {
-        p.cold_workers = v;
-    }
-    if let Some(v) = count(body, "max_workers")? {
-        p.max_workers = v;
-    }
-    if let Some(v) = num(body, "max_queue_time")? {
-        p.max_queue_time = nonneg("max_queue_time", v)?;
-    }
-    if let Some(v) = num(body, "target_queue_time")? {
-        p.target_queue_time = nonneg("target_queue_time", v)?;
-    }
-    if let Some(v) = num(body, "inactivity_timeout")? {
-        p.inactivity_timeout = Some(v);
-    }
-    if let Some(s) = text(body, "endpoint_state")? {
-        p.endpoint_state = EndpointState::parse(&s).ok_or_else(|| {
-            ControlError::BadRequest("endpoint_state: must be active, suspended or stopped".into())
-        })?;
-    }
-    Ok(())
-}
-
-/// Reads the endpoint name and `autoscaler_instance` of a create/update body.
-pub fn name_of(body: &Map<String, Value>) -> Result<Option<String>, ControlError> {
-    match text(body, "endpoint_name")? {
-        None => Ok(None),
-        Some(n) if valid_name(&n) => Ok(Some(n)),
-        Some(_) => Err(ControlError::BadRequest(
-            "endpoint_name: must match ^[a-zA-Z0-9_-]+$ (at most 255 characters)".into(),
-        )),
-    }
-}
-
-/// `autoscaler_instance` of a body.
-pub fn instance_of(body: &Map<String, Value>) -> Result<Option<String>, ControlError> {
-    text(body, "autoscaler_instance")
-}
-
 /// A stored workergroup (Vast calls them autojobs too).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workergroup {
@@ -277,94 +155,173 @@ pub struct Workergroup {
     pub vast: Map<String, Value>,
 }
 
-const WG_FERRY_KEYS: [&str; 5] = ["model_cmd", "worker_cmd", "backend", "env", "max_workers"];
-const WG_DROP_KEYS: [&str; 8] = [
-    "id",
-    "endpoint_id",
-    "endpoint_name",
-    "created_at",
-    "client_id",
-    "api_key",
-    "autojob_id",
-    "workergroup_id",
-];
-
-/// Applies a workergroup create/update body (endpoint fields resolved by the caller).
-pub fn apply_workergroup(
-    wg: &mut Workergroup,
-    body: &Map<String, Value>,
-) -> Result<(), ControlError> {
-    let mut ferry = Map::new();
-    if let Some(Value::String(la)) = body.get("launch_args") {
-        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(la) {
-            ferry.extend(m);
-        }
-    }
-    for k in WG_FERRY_KEYS {
-        if let Some(v) = body.get(k) {
-            if !v.is_null() {
-                ferry.insert(k.to_owned(), v.clone());
-            }
-        }
-    }
-    if let Some(v) = text(&ferry, "model_cmd")? {
-        if v.trim().is_empty() {
-            return Err(ControlError::BadRequest(
-                "model_cmd: must not be empty".into(),
-            ));
-        }
-        wg.model_cmd = Some(v);
-    }
-    if let Some(v) = text(&ferry, "worker_cmd")? {
-        if v.trim().is_empty() {
-            return Err(ControlError::BadRequest(
-                "worker_cmd: must not be empty".into(),
-            ));
-        }
-        wg.worker_cmd = Some(v);
-    }
-    if let Some(v) = text(&ferry, "backend")? {
-        wg.backend = Some(v);
-    }
-    if let Some(v) = ferry.get("env") {
-        let Value::Object(m) = v else {
-            return Err(ControlError::BadRequest(
-                "env: must be an object of strings".into(),
-            ));
-        };
-        let mut env = BTreeMap::new();
-        for (k, v) in m {
-            let Value::String(s) = v else {
-                return Err(ControlError::BadRequest(format!(
-                    "env.{k}: must be a string"
-                )));
-            };
-            env.insert(k.clone(), s.clone());
-        }
-        wg.env = env;
-    }
-    if let Some(v) = count(&ferry, "max_workers")? {
-        wg.max_workers = Some(v);
-    }
-    for (k, v) in body {
-        if WG_FERRY_KEYS.contains(&k.as_str()) || WG_DROP_KEYS.contains(&k.as_str()) {
-            continue;
-        }
-        if v.is_null() {
-            continue;
-        }
-        wg.vast.insert(k.clone(), v.clone());
-    }
-    Ok(())
+/// Checks Vast's endpoint name rule: `^[a-zA-Z0-9_-]+$`, at most 255 characters.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-impl Workergroup {
-    /// The record as the API returns it.
-    pub fn to_api(&self) -> Value {
-        match serde_json::to_value(self) {
-            Ok(v) => v,
-            Err(_) => Value::Null,
+fn bad(msg: impl Into<String>) -> ControlError {
+    ControlError::BadRequest(msg.into())
+}
+
+/// A create or update of an endpoint: the fields given (`None` = default on create,
+/// unchanged on update).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EndpointPatch {
+    /// New name.
+    pub endpoint_name: Option<String>,
+    /// `autoscaler_instance` (informational).
+    pub autoscaler_instance: Option<String>,
+    /// See [`EndpointParams::min_load`].
+    pub min_load: Option<f64>,
+    /// See [`EndpointParams::min_cold_load`].
+    pub min_cold_load: Option<f64>,
+    /// See [`EndpointParams::target_util`].
+    pub target_util: Option<f64>,
+    /// See [`EndpointParams::cold_mult`].
+    pub cold_mult: Option<f64>,
+    /// See [`EndpointParams::cold_workers`].
+    pub cold_workers: Option<u32>,
+    /// See [`EndpointParams::max_workers`].
+    pub max_workers: Option<u32>,
+    /// See [`EndpointParams::max_queue_time`].
+    pub max_queue_time: Option<f64>,
+    /// See [`EndpointParams::target_queue_time`].
+    pub target_queue_time: Option<f64>,
+    /// See [`EndpointParams::inactivity_timeout`].
+    pub inactivity_timeout: Option<f64>,
+    /// See [`EndpointParams::endpoint_state`].
+    pub endpoint_state: Option<EndpointState>,
+}
+
+impl EndpointPatch {
+    /// Checks the name rule and every range; the first violation is the error.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        if self
+            .endpoint_name
+            .as_deref()
+            .is_some_and(|n| !valid_name(n))
+        {
+            return Err(bad(
+                "endpoint_name: must match ^[a-zA-Z0-9_-]+$ (at most 255 characters)",
+            ));
         }
+        let numbers = [
+            ("min_load", self.min_load),
+            ("min_cold_load", self.min_cold_load),
+            ("target_util", self.target_util),
+            ("cold_mult", self.cold_mult),
+            ("max_queue_time", self.max_queue_time),
+            ("target_queue_time", self.target_queue_time),
+            ("inactivity_timeout", self.inactivity_timeout),
+        ];
+        for (k, v) in numbers {
+            if v.is_some_and(|v| !v.is_finite()) {
+                return Err(bad(format!("{k}: not a finite number")));
+            }
+        }
+        let nonneg = |k: &str, v: Option<f64>| match v {
+            Some(v) if v < 0.0 => Err(bad(format!("{k}: must be >= 0"))),
+            _ => Ok(()),
+        };
+        nonneg("min_load", self.min_load)?;
+        nonneg("min_cold_load", self.min_cold_load)?;
+        if self.target_util.is_some_and(|v| !(v > 0.0 && v <= 1.0)) {
+            return Err(bad("target_util: must be in (0, 1]"));
+        }
+        nonneg("cold_mult", self.cold_mult)?;
+        nonneg("max_queue_time", self.max_queue_time)?;
+        nonneg("target_queue_time", self.target_queue_time)
+    }
+
+    /// Applies the parameters given to `p` (validate first).
+    pub fn apply_params(&self, p: &mut EndpointParams) {
+        fn set<T: Copy>(to: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *to = v;
+            }
+        }
+        set(&mut p.min_load, self.min_load);
+        set(&mut p.min_cold_load, self.min_cold_load);
+        set(&mut p.target_util, self.target_util);
+        set(&mut p.cold_mult, self.cold_mult);
+        set(&mut p.cold_workers, self.cold_workers);
+        set(&mut p.max_workers, self.max_workers);
+        set(&mut p.max_queue_time, self.max_queue_time);
+        set(&mut p.target_queue_time, self.target_queue_time);
+        if self.inactivity_timeout.is_some() {
+            p.inactivity_timeout = self.inactivity_timeout;
+        }
+        set(&mut p.endpoint_state, self.endpoint_state);
+    }
+}
+
+/// How a workergroup names its endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndpointRef {
+    /// By id (wins when both are given).
+    Id(i64),
+    /// By name.
+    Name(String),
+}
+
+/// A create or update of a workergroup (see the module docs for the fields).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkergroupPatch {
+    /// Its endpoint (required on create).
+    pub endpoint: Option<EndpointRef>,
+    /// Ferry: model server command.
+    pub model_cmd: Option<String>,
+    /// Ferry: worker command.
+    pub worker_cmd: Option<String>,
+    /// Ferry: worker preset.
+    pub backend: Option<String>,
+    /// Ferry: extra environment (replaces the old one).
+    pub env: Option<BTreeMap<String, String>>,
+    /// Per-group cap.
+    pub max_workers: Option<u32>,
+    /// Vast's own fields as sent (`template_hash`, `search_params`, ...), merged into the
+    /// record.
+    pub vast: Map<String, Value>,
+}
+
+impl WorkergroupPatch {
+    /// Checks the commands are not blank.
+    pub fn validate(&self) -> Result<(), ControlError> {
+        for (k, v) in [
+            ("model_cmd", &self.model_cmd),
+            ("worker_cmd", &self.worker_cmd),
+        ] {
+            if v.as_deref().is_some_and(|c| c.trim().is_empty()) {
+                return Err(bad(format!("{k}: must not be empty")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the fields given to `wg` (validate first; the endpoint is the catalog's).
+    pub fn apply(&self, wg: &mut Workergroup) {
+        if let Some(v) = &self.model_cmd {
+            wg.model_cmd = Some(v.clone());
+        }
+        if let Some(v) = &self.worker_cmd {
+            wg.worker_cmd = Some(v.clone());
+        }
+        if let Some(v) = &self.backend {
+            wg.backend = Some(v.clone());
+        }
+        if let Some(v) = &self.env {
+            wg.env = v.clone();
+        }
+        if let Some(v) = self.max_workers {
+            wg.max_workers = Some(v);
+        }
+        wg.vast
+            .extend(self.vast.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 }
 
@@ -372,62 +329,120 @@ impl Workergroup {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use serde_json::json;
 
     #[test]
-    fn params_nulls_and_validation() {
-        let mut p = EndpointParams::default();
-        let body = json!({"min_load": 5, "max_queue_time": null, "endpoint_state": "stopped",
-                          "cold_workers": 0, "inactivity_timeout": -1});
-        apply_params(&mut p, body.as_object().unwrap()).unwrap();
-        assert_eq!(p.min_load, 5.0);
-        assert_eq!(p.max_queue_time, 30.0);
-        assert_eq!(p.cold_workers, 0);
-        assert_eq!(p.inactivity_timeout, Some(-1.0));
-        assert_eq!(p.endpoint_state, EndpointState::Stopped);
-        for bad in [
-            json!({"target_util": 0}),
-            json!({"target_util": 1.5}),
-            json!({"max_workers": -1}),
-            json!({"cold_workers": 1.5}),
-            json!({"min_load": "x"}),
-            json!({"endpoint_state": "gone"}),
-        ] {
-            let before = p.clone();
-            assert!(
-                apply_params(&mut p, bad.as_object().unwrap()).is_err(),
-                "{bad}"
-            );
-            let _ = before;
+    fn patch_validation_names_the_first_bad_field() {
+        let ok = EndpointPatch {
+            endpoint_name: Some("a-b_9".into()),
+            target_util: Some(1.0),
+            min_load: Some(0.0),
+            ..EndpointPatch::default()
+        };
+        assert!(ok.validate().is_ok());
+        let cases = [
+            (
+                EndpointPatch {
+                    endpoint_name: Some("a b".into()),
+                    ..ok.clone()
+                },
+                "endpoint_name",
+            ),
+            (
+                EndpointPatch {
+                    target_util: Some(0.0),
+                    ..ok.clone()
+                },
+                "target_util",
+            ),
+            (
+                EndpointPatch {
+                    target_util: Some(1.5),
+                    ..ok.clone()
+                },
+                "target_util",
+            ),
+            (
+                EndpointPatch {
+                    cold_mult: Some(-1.0),
+                    ..ok.clone()
+                },
+                "cold_mult",
+            ),
+            (
+                EndpointPatch {
+                    min_load: Some(f64::NAN),
+                    ..ok.clone()
+                },
+                "min_load",
+            ),
+            (
+                EndpointPatch {
+                    max_queue_time: Some(-0.5),
+                    ..ok.clone()
+                },
+                "max_queue_time",
+            ),
+        ];
+        for (p, field) in cases {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.starts_with(field), "{p:?} → {e}");
         }
-        assert!(valid_name("a-b_9"));
-        assert!(!valid_name("a b"));
-        assert!(!valid_name(""));
+        // Negative inactivity_timeout means "never scale to zero": valid.
+        let never = EndpointPatch {
+            inactivity_timeout: Some(-1.0),
+            ..ok
+        };
+        assert!(never.validate().is_ok());
     }
 
     #[test]
-    fn workergroup_launch_args_json() {
+    fn patches_change_only_what_they_name() {
+        let mut p = EndpointParams::default();
+        EndpointPatch {
+            min_load: Some(5.0),
+            inactivity_timeout: Some(-1.0),
+            endpoint_state: Some(EndpointState::Stopped),
+            ..EndpointPatch::default()
+        }
+        .apply_params(&mut p);
+        let expected = EndpointParams {
+            min_load: 5.0,
+            inactivity_timeout: Some(-1.0),
+            endpoint_state: EndpointState::Stopped,
+            ..EndpointParams::default()
+        };
+        assert_eq!(p, expected);
+        EndpointPatch::default().apply_params(&mut p);
+        assert_eq!(p, expected);
+
         let mut wg = Workergroup {
             id: 1,
             endpoint_id: 2,
             endpoint_name: "e".into(),
             created_at: 0.0,
-            model_cmd: None,
+            model_cmd: Some("m".into()),
             worker_cmd: None,
             backend: None,
             env: BTreeMap::new(),
             max_workers: None,
             vast: Map::new(),
         };
-        let body = json!({"template_hash": "abc", "search_params": "gpu_ram>=23",
-                          "launch_args": "{\"backend\": \"tgi\", \"env\": {\"A\": \"1\"}}",
-                          "client_id": "me", "gpu_ram": null});
-        apply_workergroup(&mut wg, body.as_object().unwrap()).unwrap();
+        let mut vast = Map::new();
+        vast.insert("template_hash".into(), Value::from("abc"));
+        let patch = WorkergroupPatch {
+            backend: Some("tgi".into()),
+            vast,
+            ..WorkergroupPatch::default()
+        };
+        patch.validate().unwrap();
+        patch.apply(&mut wg);
+        assert_eq!(wg.model_cmd.as_deref(), Some("m"));
         assert_eq!(wg.backend.as_deref(), Some("tgi"));
-        assert_eq!(wg.env.get("A").map(String::as_str), Some("1"));
-        let api = wg.to_api();
-        assert_eq!(api["template_hash"], "abc");
-        assert_eq!(api["endpoint_id"], 2);
-        assert!(api.get("client_id").is_none());
+        assert_eq!(wg.vast["template_hash"], "abc");
+        let blank = WorkergroupPatch {
+            worker_cmd: Some("  ".into()),
+            ..WorkergroupPatch::default()
+        };
+        assert!(blank.validate().is_err());
     }
 }

@@ -15,7 +15,7 @@
 //! - Launches: through a [`provider::Provider`]; [`provider::local`] runs a model server and
 //!   `ferry worker` per instance on this host.
 //! - Persists endpoints, workergroups, keys, the `request_idx` counter, queued requests and
-//!   worker records in SQLite ([`store`]).
+//!   worker records through the [`store::Store`] trait (SQLite today).
 //! - Serves the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
 //!   `/api/v0/autojobs/`) and an OpenAI-compatible gateway (`/{endpoint}/v1/...`).
 //!
@@ -41,12 +41,18 @@
 //! # Layout
 //!
 //! - [`config`]: [`ControlArgs`] (flags/env) → [`Settings`].
-//! - [`api`]: one module per HTTP surface: `worker`, `route`, `endpoints`, `gateway`.
-//! - [`control`]: [`Control`], the shared state and every operation on it.
-//! - [`route`], [`queue`], [`registry`], [`endpoint`]: routing math, request lifetimes and
-//!   the global queue, worker records, endpoint/workergroup records.
-//! - [`autoscale`]: `decide` (pure) and its loop. [`provider`]: the trait and `local`.
-//! - [`store`]: SQLite on its own thread. [`telemetry`]: metrics. [`error`]: errors.
+//! - [`api`]: one module per HTTP surface (`worker`, `route`, `endpoints`, `gateway`) and
+//!   `patch` (console bodies → typed patches): the only place JSON is read or built.
+//! - [`control`]: [`Control`], the orchestrator over the components (`auth`, `console`,
+//!   `reports`).
+//! - Components, each owning its invariants: [`queue`] (requests, global FIFO, index
+//!   counter), [`registry`] (workers, pending load, signature cache), [`catalog`] (endpoints
+//!   and workergroups; records and patches in [`endpoint`]), [`stats`] (per-endpoint rate).
+//! - [`route`]: `/route/`, dispatch of the queue, and the pure chooser.
+//! - [`autoscale`]: `decide` (pure), `view` (what it sees), `apply` (a tick) and its loop.
+//!   [`provider`]: the trait and `local`.
+//! - [`store`]: the persistence trait; SQLite on its own thread. [`telemetry`]: metrics.
+//!   [`error`]: errors.
 //!
 //! # Shutdown order
 //!
@@ -57,6 +63,7 @@
 
 pub mod api;
 pub mod autoscale;
+pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod endpoint;
@@ -66,6 +73,7 @@ pub mod queue;
 pub mod registry;
 pub mod route;
 pub mod secrets;
+pub mod stats;
 pub mod store;
 pub mod telemetry;
 

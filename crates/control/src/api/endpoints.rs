@@ -24,7 +24,9 @@ use axum::Json;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::api::patch::{endpoint_patch, workergroup_patch};
 use crate::api::{object, presented_key};
+use crate::endpoint::{Endpoint, Workergroup};
 use crate::error::ControlError;
 use crate::Control;
 
@@ -37,6 +39,23 @@ fn auth(
     body: Option<&Map<String, Value>>,
 ) -> Result<(), ControlError> {
     c.check_account(presented_key(headers, q, body).as_deref())
+}
+
+/// An endpoint as the API returns it (Vast's `EndpointData` keys).
+fn endpoint_json(ep: &Endpoint) -> Value {
+    let mut v = match serde_json::to_value(ep) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    v.insert("user_id".into(), Value::from(1));
+    v.insert("auto_delete_in_seconds".into(), Value::Null);
+    v.insert("auto_delete_due_24h".into(), Value::Bool(false));
+    Value::Object(v)
+}
+
+/// A workergroup as the API returns it (its fields and Vast's as sent).
+fn group_json(wg: &Workergroup) -> Value {
+    serde_json::to_value(wg).unwrap_or(Value::Null)
 }
 
 fn parse_id(s: &str) -> Result<i64, ControlError> {
@@ -52,7 +71,8 @@ pub async fn list_endpoints(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     auth(&c, &headers, &q, None)?;
-    Ok(Json(json!({"success": true, "results": c.endpoints()})))
+    let eps: Vec<Value> = c.endpoints().iter().map(endpoint_json).collect();
+    Ok(Json(json!({"success": true, "results": eps})))
 }
 
 /// `POST /api/v0/endptjobs/`.
@@ -64,7 +84,7 @@ pub async fn create_endpoint(
 ) -> JsonResult {
     let obj = object(&body);
     auth(&c, &headers, &q, obj.as_ref().ok())?;
-    let id = c.create_endpoint(&obj?).await?;
+    let id = c.create_endpoint(&endpoint_patch(&obj?)?).await?;
     Ok(Json(json!({"success": true, "result": id})))
 }
 
@@ -77,7 +97,7 @@ pub async fn get_endpoint(
 ) -> JsonResult {
     auth(&c, &headers, &q, None)?;
     let ep = c.endpoint(parse_id(&id)?)?;
-    Ok(Json(json!({"success": true, "result": ep})))
+    Ok(Json(json!({"success": true, "result": endpoint_json(&ep)})))
 }
 
 /// `PUT /api/v0/endptjobs/{id}/`.
@@ -90,7 +110,8 @@ pub async fn update_endpoint(
 ) -> JsonResult {
     let obj = object(&body);
     auth(&c, &headers, &q, obj.as_ref().ok())?;
-    c.update_endpoint(parse_id(&id)?, &obj?).await?;
+    let id = parse_id(&id)?;
+    c.update_endpoint(id, &endpoint_patch(&obj?)?).await?;
     Ok(Json(json!({"success": true})))
 }
 
@@ -115,7 +136,8 @@ pub async fn list_groups(
     Query(q): Query<HashMap<String, String>>,
 ) -> JsonResult {
     auth(&c, &headers, &q, None)?;
-    Ok(Json(json!({"success": true, "results": c.workergroups()})))
+    let groups: Vec<Value> = c.workergroups().iter().map(group_json).collect();
+    Ok(Json(json!({"success": true, "results": groups})))
 }
 
 /// `POST /api/v0/workergroups/`.
@@ -127,7 +149,7 @@ pub async fn create_group(
 ) -> JsonResult {
     let obj = object(&body);
     auth(&c, &headers, &q, obj.as_ref().ok())?;
-    let id = c.create_workergroup(&obj?).await?;
+    let id = c.create_workergroup(&workergroup_patch(&obj?)?).await?;
     Ok(Json(json!({"success": true, "id": id})))
 }
 
@@ -140,7 +162,7 @@ pub async fn get_group(
 ) -> JsonResult {
     auth(&c, &headers, &q, None)?;
     let wg = c.workergroup(parse_id(&id)?)?;
-    Ok(Json(json!({"success": true, "result": wg})))
+    Ok(Json(json!({"success": true, "result": group_json(&wg)})))
 }
 
 /// `PUT /api/v0/workergroups/{id}/`.
@@ -153,7 +175,8 @@ pub async fn update_group(
 ) -> JsonResult {
     let obj = object(&body);
     auth(&c, &headers, &q, obj.as_ref().ok())?;
-    c.update_workergroup(parse_id(&id)?, &obj?).await?;
+    let id = parse_id(&id)?;
+    c.update_workergroup(id, &workergroup_patch(&obj?)?).await?;
     Ok(Json(json!({"success": true})))
 }
 

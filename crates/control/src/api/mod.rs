@@ -7,10 +7,14 @@
 //! - [`gateway`]: the OpenAI-compatible front (`/{endpoint}/v1/...`).
 //! - [`outcome`]: the layer that gives each surface's errors their audience's shape and counts
 //!   every answer.
+//!
+//! JSON stops here: [`patch`] reads console bodies into typed patches, and each handler turns
+//! typed records into the answers' JSON.
 
 pub mod endpoints;
 pub mod gateway;
 pub mod outcome;
+pub mod patch;
 pub mod route;
 pub mod worker;
 

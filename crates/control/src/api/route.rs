@@ -25,6 +25,7 @@ use serde_json::Value;
 use crate::api::{object, presented_key};
 use crate::control::RouteOutcome;
 use crate::error::{ControlError, ROUTE_BAD_REQUEST};
+use crate::registry::WorkerInfo;
 use crate::Control;
 
 /// `POST /route/`.
@@ -70,7 +71,7 @@ pub async fn endpoint_workers(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
-) -> Result<Json<Vec<Value>>, ControlError> {
+) -> Result<Json<Vec<WorkerInfo>>, ControlError> {
     let obj = object(&body)?;
     let id = id_of(&obj)?;
     let key = presented_key(&headers, &q, Some(&obj));
@@ -83,7 +84,7 @@ pub async fn group_workers(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
-) -> Result<Json<Vec<Value>>, ControlError> {
+) -> Result<Json<Vec<WorkerInfo>>, ControlError> {
     let obj = object(&body)?;
     let id = id_of(&obj)?;
     let key = presented_key(&headers, &q, Some(&obj));

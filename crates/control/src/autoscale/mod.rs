@@ -1,12 +1,21 @@
-//! The autoscaler: a pure [`decide`] per endpoint (see [`decide`]'s module for the model) and
-//! the loop that feeds it every tick, applies its actions through the provider, and logs and
-//! counts every decision.
+//! The autoscaler, in three parts:
+//!
+//! - `decide.rs`: the pure [`decide`] per endpoint (see its module for the model), table-tested.
+//! - `view.rs`: the [`EndpointView`] it reads, built from the catalog, registry, queue and
+//!   stats, and the status line of a waiting `/route/` answer ([`status_line`]).
+//! - `apply.rs`: one tick ([`Control::autoscale_tick`]): housekeeping, views, decisions, the
+//!   bookkeeping under the lock and the provider calls in background tasks.
+//!
+//! Here: the loop that runs a tick every interval and pumps provider events.
 
+mod apply;
 mod decide;
+mod view;
 
 pub use decide::{
     decide, Action, Decision, EndpointView, GroupView, Tuning, WorkerView, DEFAULT_PERF,
 };
+pub use view::status_line;
 
 use crate::Control;
 

@@ -1,46 +1,57 @@
-//! [`Control`]: the control plane's shared state and every operation on it.
+//! [`Control`]: the orchestrator. It owns the components behind one mutex and runs each
+//! operation as a short sequence of their calls:
 //!
-//! One mutex guards the tables (endpoints, workergroups, workers, requests); every critical
-//! section is short and synchronous (no `.await`, no RSA, no I/O inside), and every change is
-//! written through to the [`Store`] thread. RSA signing happens outside the lock; the URL
+//! | Component | File | Owns |
+//! |---|---|---|
+//! | [`Catalog`] | `catalog.rs` | endpoints and workergroups, name uniqueness, ids |
+//! | [`Registry`] | `registry.rs` | workers, their states, pending load, signature cache |
+//! | [`Queue`] | `queue.rs` | request lifetimes, the global FIFO, the `request_idx` counter |
+//! | [`Stats`] | `stats.rs` | per-endpoint routed load → rate, last request |
+//! | [`Store`] | `store/` | persistence (write-through; SQLite today) |
+//!
+//! The operations live where their names say: `/route/` and dispatch in `route/`, reports
+//! and provider events in `control/reports.rs`, the console API in `control/console.rs`, who
+//! may see what in `control/auth.rs`, the autoscaler's view and actions in `autoscale/`.
+//!
+//! Every critical section is short and synchronous (no `.await`, no RSA, no I/O inside); the
+//! store is written through without blocking. RSA signing happens outside the lock; the URL
 //! signature is cached per worker URL (PKCS#1 v1.5 is deterministic).
+//!
+//! Monotonic time is tokio's clock ([`tokio::time::Instant`]) counted in seconds from the
+//! control plane's start, so tests can pause and advance it; wall-clock Unix seconds
+//! ([`unix_now`]) are only for the wire and the records.
 
-use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use ferry_protocol::{
-    DeleteRequests, FerryClaims, RouteReady, RouteWaiting, SigningKey, WorkerStatus,
-};
+use ferry_protocol::{RouteReady, RouteWaiting, SigningKey};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::autoscale::{Action, Decision, EndpointView, GroupView, Tuning, WorkerView};
+use crate::catalog::Catalog;
 use crate::config::Settings;
-use crate::endpoint::{self, Endpoint, EndpointParams, Workergroup};
-use crate::error::{ControlError, RunError, ROUTE_BAD_REQUEST};
-use crate::provider::{LaunchSpec, Provider, ProviderEvent};
-use crate::queue::{Queue, Req, ReqState};
-use crate::registry::{WorkerRec, WorkerState};
-use crate::route::{self, Candidate};
-use crate::store::{kind, Loaded, Store};
+use crate::error::RunError;
+use crate::provider::{Provider, ProviderEvent};
+use crate::queue::Queue;
+use crate::registry::{Registry, WorkerInfo, WorkerState};
+use crate::stats::Stats;
+use crate::store::{Loaded, SqliteStore, Store};
 use crate::telemetry;
+
+mod auth;
+mod console;
+mod reports;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use auth::secret_eq;
 
 const KV_SIGNING_KEY: &str = "signing_key_pem";
 const KV_ACCOUNT_KEY: &str = "account_api_key";
-const KV_IDX_CEILING: &str = "request_idx_ceiling";
-const KV_NEXT_ID: &str = "next_id";
-const KV_NEXT_WORKER_ID: &str = "next_worker_id";
-/// A worker that stays in creating/loading this long is treated as failed.
-const LOAD_DEADLINE_S: f64 = 3600.0;
-/// An errored worker stays visible this long before it is destroyed and replaced.
-const ERROR_HOLD_S: f64 = 5.0;
-/// Assigned requests are forgotten after this long without a word.
-const REQUEST_TTL_S: f64 = 3600.0;
 
 /// Unix seconds now.
 pub fn unix_now() -> f64 {
@@ -50,7 +61,7 @@ pub fn unix_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn random_hex(bytes: usize) -> String {
+pub(crate) fn random_hex(bytes: usize) -> String {
     let mut rng = rand::thread_rng();
     (0..bytes)
         .map(|_| format!("{:02x}", rng.gen::<u8>()))
@@ -82,86 +93,75 @@ pub enum RouteOutcome {
     Waiting(RouteWaiting),
 }
 
-#[derive(Debug, Default)]
-struct EpStats {
-    routed: f64,
-    rate: f64,
-    last_request: Option<f64>,
-}
-
-struct Inner {
-    endpoints: BTreeMap<i64, Endpoint>,
-    groups: BTreeMap<i64, Workergroup>,
-    workers: BTreeMap<i64, WorkerRec>,
-    q: Queue,
-    stats: HashMap<i64, EpStats>,
-    next_id: i64,
-    next_worker_id: i64,
-    rng: StdRng,
-}
-
-struct Grant {
-    worker: i64,
-    url: String,
-    signature: Option<String>,
-    reqnum: u64,
+/// The components, guarded together by [`Control`]'s mutex.
+pub(crate) struct State {
+    pub(crate) catalog: Catalog,
+    pub(crate) registry: Registry,
+    pub(crate) queue: Queue,
+    pub(crate) stats: Stats,
+    /// Breaks exact ties between workers.
+    pub(crate) rng: StdRng,
 }
 
 /// Shared control-plane state; cheap to clone.
 #[derive(Clone)]
 pub struct Control {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-struct Shared {
-    settings: Settings,
-    key: SigningKey,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) key: SigningKey,
     pubkey_pem: String,
-    account_key: String,
-    store: Store,
-    provider: Arc<dyn Provider>,
-    inner: Mutex<Inner>,
-    changed: Notify,
+    pub(crate) account_key: String,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) provider: Arc<dyn Provider>,
+    state: Mutex<State>,
+    pub(crate) changed: Notify,
     epoch: Instant,
-    tasks: TaskTracker,
-    cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) cancel: CancellationToken,
     events: Mutex<Option<mpsc::Receiver<ProviderEvent>>>,
-    last_tick: Mutex<f64>,
+    pub(crate) last_tick: Mutex<f64>,
 }
-
-mod admin;
-mod routing;
-mod scaling;
 
 impl Control {
-    /// Opens the database, loads or creates the keys, restores the tables and subscribes to
-    /// the provider. Blocking work (SQLite, RSA key generation) runs on the blocking pool.
+    /// Opens the SQLite database of `settings` and starts the control plane on it
+    /// ([`Control::with_store`]). Blocking work (SQLite) runs on the blocking pool.
     pub async fn new(settings: Settings, provider: Arc<dyn Provider>) -> Result<Control, RunError> {
         let db = settings.db.clone();
-        let bits = settings.key_bits;
-        let preset_pem = settings.signing_key_pem.clone();
-        let (store, loaded, key, fresh_key) = tokio::task::spawn_blocking(move || {
-            let (store, loaded) = Store::open(db.as_deref()).map_err(RunError::Store)?;
-            let (key, fresh) = match loaded.kv.get(KV_SIGNING_KEY) {
-                Some(pem) => (
-                    SigningKey::from_pem(pem).map_err(|e| RunError::Key(e.to_string()))?,
-                    false,
-                ),
-                None => match preset_pem {
-                    Some(pem) => (
-                        SigningKey::from_pem(&pem).map_err(|e| RunError::Key(e.to_string()))?,
-                        true,
-                    ),
-                    None => (
-                        SigningKey::generate(bits).map_err(|e| RunError::Key(e.to_string()))?,
-                        true,
-                    ),
-                },
-            };
-            Ok::<_, RunError>((store, loaded, key, fresh))
-        })
-        .await
-        .map_err(|e| RunError::Store(e.to_string()))??;
+        let (store, loaded) = tokio::task::spawn_blocking(move || SqliteStore::open(db.as_deref()))
+            .await
+            .map_err(|e| RunError::Store(e.to_string()))?
+            .map_err(RunError::Store)?;
+        Control::with_store(settings, provider, Arc::new(store), loaded).await
+    }
+
+    /// Starts the control plane on an open store and what it read: loads or creates the keys
+    /// (RSA key generation on the blocking pool), restores the components, subscribes to the
+    /// provider and takes back the instances that outlived the previous run.
+    pub async fn with_store(
+        settings: Settings,
+        provider: Arc<dyn Provider>,
+        store: Arc<dyn Store>,
+        loaded: Loaded,
+    ) -> Result<Control, RunError> {
+        let (key, fresh_key) = {
+            let pem = loaded.kv.get(KV_SIGNING_KEY).cloned();
+            let preset = settings.signing_key_pem.clone();
+            let bits = settings.key_bits;
+            tokio::task::spawn_blocking(move || {
+                let (key, fresh) = match (pem, preset) {
+                    (Some(pem), _) => (SigningKey::from_pem(&pem), false),
+                    (None, Some(pem)) => (SigningKey::from_pem(&pem), true),
+                    (None, None) => (SigningKey::generate(bits), true),
+                };
+                key.map(|k| (k, fresh))
+                    .map_err(|e| RunError::Key(e.to_string()))
+            })
+            .await
+            .map_err(|e| RunError::Store(e.to_string()))??
+        };
         if fresh_key {
             let pem = key.to_pem().map_err(|e| RunError::Key(e.to_string()))?;
             store.set_kv(KV_SIGNING_KEY, pem);
@@ -178,11 +178,11 @@ impl Control {
             }
         };
         let _ = telemetry::handle();
-        let mut inner = restore(&loaded, &store)?;
+        let mut state = restore(&loaded, store.as_ref());
         let pubkey_pem = key.public_key().to_pem();
         let (tx, rx) = mpsc::channel(1024);
         provider.subscribe(tx);
-        adopt_instances(&mut inner, provider.as_ref(), &store).await;
+        adopt_instances(&mut state.registry, provider.as_ref(), store.as_ref()).await;
         store.flush().await;
         Ok(Control {
             shared: Arc::new(Shared {
@@ -192,7 +192,7 @@ impl Control {
                 account_key,
                 store,
                 provider,
-                inner: Mutex::new(inner),
+                state: Mutex::new(state),
                 changed: Notify::new(),
                 epoch: Instant::now(),
                 tasks: TaskTracker::new(),
@@ -203,15 +203,26 @@ impl Control {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.shared.inner.lock() {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        match self.shared.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    fn mono(&self) -> f64 {
+    /// Monotonic seconds since start, on tokio's clock.
+    pub(crate) fn mono(&self) -> f64 {
         self.shared.epoch.elapsed().as_secs_f64()
+    }
+
+    /// The stale limit, seconds.
+    pub(crate) fn stale(&self) -> f64 {
+        self.shared.settings.stale_after.as_secs_f64()
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.shared.store.as_ref()
     }
 
     /// Settings.
@@ -257,150 +268,73 @@ impl Control {
     }
 }
 
-fn exclude_for(idx: u64, ex: &[String]) -> Option<(u64, &[String])> {
-    if ex.is_empty() {
-        None
-    } else {
-        Some((idx, ex))
-    }
-}
-
-impl Inner {
-    fn alloc_id(&mut self, store: &Store) -> i64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        store.set_kv(KV_NEXT_ID, self.next_id.to_string());
-        id
+impl Control {
+    /// Number of queued requests.
+    pub fn queue_len(&self) -> usize {
+        self.lock().queue.len()
     }
 
-    fn release(&mut self, idx: u64) {
-        if let Some(Req {
-            state: ReqState::Assigned { worker, .. },
-            ..
-        }) = self.q.requests.get(&idx)
-        {
-            if let Some(w) = self.workers.get_mut(worker) {
-                w.pending.remove(&idx);
-            }
-        }
+    /// Next `request_idx` that would be handed out.
+    pub fn next_request_idx(&self) -> u64 {
+        self.lock().queue.peek_next()
     }
 
-    fn doom(&mut self, pred: impl Fn(&WorkerRec) -> bool, mono: f64) -> Vec<i64> {
-        let mut out = Vec::new();
-        for w in self.workers.values_mut().filter(|w| pred(w)) {
-            if w.state != WorkerState::Destroying {
-                w.set_state(WorkerState::Destroying, mono);
-                out.push(w.id);
-            }
-        }
-        out
+    /// A worker's record as the API shows it.
+    pub fn worker(&self, id: i64) -> Option<serde_json::Value> {
+        let info = self.lock().registry.get(id).map(|w| w.info())?;
+        serde_json::to_value(info).ok()
     }
 
-    fn status_line(&self, ep_id: i64, mono: f64, stale: f64) -> String {
-        let ws: Vec<&WorkerRec> = self
-            .workers
-            .values()
-            .filter(|w| w.endpoint_id == ep_id)
-            .collect();
-        let count = |f: &dyn Fn(&WorkerRec) -> bool| ws.iter().filter(|w| f(w)).count();
-        let ready = count(&|w| w.routable(mono, stale));
-        let loading = count(&|w| w.state.is_coming());
-        let standby = count(&|w| matches!(w.state, WorkerState::Stopped | WorkerState::Stopping));
-        let error = count(&|w| w.state == WorkerState::Error);
-        let (queued, _) = self.q.queued_for(ep_id);
-        format!(
-            "total workers: {}, loading workers: {loading}, standby workers: {standby}, error workers: {error}, ready workers: {ready}, queued requests: {queued}",
-            ws.len()
-        )
+    /// A worker's record.
+    pub fn worker_info(&self, id: i64) -> Option<WorkerInfo> {
+        self.lock().registry.get(id).map(|w| w.info())
     }
 
-    fn view(&mut self, ep_id: i64, mono: f64, stale: f64, dt: f64) -> Option<EndpointView> {
-        let ep = self.endpoints.get(&ep_id)?;
-        let st = self.stats.entry(ep_id).or_default();
-        let inst = st.routed / dt;
-        st.routed = 0.0;
-        // Rises within ~2 s, decays over ~20 s, so a burst scales up fast and a lull does not flap.
-        let alpha = if inst > st.rate {
-            (dt / 2.0).min(1.0)
-        } else {
-            (dt / 20.0).min(1.0)
-        };
-        st.rate += alpha * (inst - st.rate);
-        let load_rate = st.rate;
-        let since_last_request = st.last_request.map_or(f64::INFINITY, |t| mono - t);
-        let workers: Vec<WorkerView> = self
-            .workers
-            .values()
-            .filter(|w| w.endpoint_id == ep_id && w.state != WorkerState::Destroying)
-            .map(|w| {
-                let state = if w.state == WorkerState::Idle
-                    && !w.routable(mono, stale)
-                    && w.silence(mono) > stale
-                {
-                    // Silent: not usable now; counted as coming until the error deadline.
-                    WorkerState::Loading
-                } else {
-                    w.state
-                };
-                WorkerView {
-                    id: w.id,
-                    state,
-                    max_perf: w.max_perf,
-                    load: w.load(),
-                    idle_for: mono - w.last_busy,
-                    in_state_for: mono - w.state_since,
-                }
-            })
-            .collect();
-        let groups = self
-            .groups
-            .values()
-            .filter(|g| g.endpoint_id == ep_id)
-            .map(|g| GroupView {
-                id: g.id,
-                workers: self
-                    .workers
-                    .values()
-                    .filter(|w| w.workergroup_id == g.id && w.state != WorkerState::Destroying)
-                    .count() as u32,
-                max_workers: g.max_workers,
-            })
-            .collect();
-        let (queued, queued_load) = self.q.queued_for(ep_id);
-        Some(EndpointView {
-            params: ep.params.clone(),
-            workers,
-            groups,
-            queued,
-            queued_load,
-            load_rate,
-            since_last_request,
-        })
+    /// Ids and states of all workers.
+    pub fn worker_states(&self) -> Vec<(i64, WorkerState)> {
+        self.lock()
+            .registry
+            .iter()
+            .map(|w| (w.id(), w.state()))
+            .collect()
+    }
+
+    /// Cancels the autoscaler, stops the provider's instances and records them as stopped.
+    ///
+    /// [`crate::run`] calls this while its HTTP server still accepts connections: a stopping
+    /// worker reports "Worker shutting down" and flushes its finished requests before it
+    /// exits, and with the listener already closed it would keep retrying until the stop
+    /// grace ends in SIGKILL. Calling it again does nothing more.
+    pub async fn stop_workers(&self) {
+        self.shared.cancel.cancel();
+        let stopped = self.shared.provider.shutdown().await;
+        let mono = self.mono();
+        self.lock()
+            .registry
+            .stopped_at_shutdown(&stopped, mono, self.store());
+    }
+
+    /// Stops the provider's instances and records them as stopped ([`Control::stop_workers`]);
+    /// waits for background tasks; flushes the database.
+    pub async fn shutdown(&self) {
+        self.stop_workers().await;
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.shared.tasks.wait())
+            .await;
+        self.shared.store.flush().await;
     }
 }
 
 /// Takes back the instances that outlived the previous run (a crash leaves them serving). A
 /// worker the store counts as up whose instance is gone is recorded as stopped: cold, so the
 /// autoscaler resumes it from its disk when it is needed.
-async fn adopt_instances(inner: &mut Inner, provider: &dyn Provider, store: &Store) {
-    let up: Vec<i64> = inner
-        .workers
-        .values()
-        .filter(|w| w.state.is_coming())
-        .map(|w| w.id)
-        .collect();
+async fn adopt_instances(registry: &mut Registry, provider: &dyn Provider, store: &dyn Store) {
+    let up = registry.coming();
     let Some(adopted) = provider.adopt(up.clone()).await else {
         return;
     };
     for id in up.iter().filter(|id| !adopted.contains(id)) {
-        if let Some(w) = inner.workers.get_mut(id) {
-            tracing::warn!(
-                worker = id,
-                "instance not running after the restart; now stopped"
-            );
-            w.set_state(WorkerState::Stopped, 0.0);
-            store.put_json(kind::WORKER, w.id, &*w);
-        }
+        registry.lost(*id, store);
     }
     if !up.is_empty() {
         tracing::info!(
@@ -411,86 +345,21 @@ async fn adopt_instances(inner: &mut Inner, provider: &dyn Provider, store: &Sto
     }
 }
 
-fn restore(loaded: &Loaded, store: &Store) -> Result<Inner, RunError> {
-    let parse_kv = |k: &str| loaded.kv.get(k).and_then(|v| v.parse::<i64>().ok());
-    let mut inner = Inner {
-        endpoints: BTreeMap::new(),
-        groups: BTreeMap::new(),
-        workers: BTreeMap::new(),
-        q: Queue::new(
-            loaded
-                .kv
-                .get(KV_IDX_CEILING)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0),
-        ),
-        stats: HashMap::new(),
-        next_id: parse_kv(KV_NEXT_ID).unwrap_or(1),
-        next_worker_id: parse_kv(KV_NEXT_WORKER_ID).unwrap_or(1001),
+fn restore(loaded: &Loaded, store: &dyn Store) -> State {
+    let state = State {
+        catalog: Catalog::restore(loaded),
+        registry: Registry::restore(loaded),
+        queue: Queue::restore(loaded, store),
+        stats: Stats::default(),
         rng: StdRng::from_entropy(),
     };
-    // Persist a fresh ceiling block at once so a crash right after start reuses nothing.
-    let (_, ceiling) = inner.q.alloc();
-    if let Some(c) = ceiling {
-        store.set_kv(KV_IDX_CEILING, c.to_string());
-    }
-    for (id, body) in loaded.of(kind::ENDPOINT) {
-        match serde_json::from_str::<Endpoint>(body) {
-            Ok(e) => {
-                inner.endpoints.insert(id, e);
-            }
-            Err(e) => tracing::error!(id, error = %e, "unreadable endpoint record skipped"),
-        }
-    }
-    for (id, body) in loaded.of(kind::WORKERGROUP) {
-        match serde_json::from_str::<Workergroup>(body) {
-            Ok(w) => {
-                inner.groups.insert(id, w);
-            }
-            Err(e) => tracing::error!(id, error = %e, "unreadable workergroup record skipped"),
-        }
-    }
-    for (id, body) in loaded.of(kind::WORKER) {
-        match serde_json::from_str::<WorkerRec>(body) {
-            Ok(mut w) => {
-                // Until it reports again, a worker that was running is "loading"; stopped and
-                // errored ones keep their state.
-                w.state = match w.state {
-                    WorkerState::Stopped | WorkerState::Stopping => WorkerState::Stopped,
-                    WorkerState::Error => WorkerState::Error,
-                    WorkerState::Destroying => WorkerState::Error,
-                    _ => WorkerState::Loading,
-                };
-                inner.workers.insert(id, w);
-            }
-            Err(e) => tracing::error!(id, error = %e, "unreadable worker record skipped"),
-        }
-    }
-    for (id, body) in loaded.of(kind::QUEUED) {
-        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-        let (Some(ep), Some(cost)) = (v["endpoint_id"].as_i64(), v["cost"].as_f64()) else {
-            continue;
-        };
-        let idx = id as u64;
-        inner.q.requests.insert(
-            idx,
-            Req {
-                endpoint_id: ep,
-                cost,
-                state: ReqState::Queued,
-                touched: 0.0,
-                persisted: true,
-            },
-        );
-        inner.q.order.push_back(idx);
-    }
     tracing::info!(
-        endpoints = inner.endpoints.len(),
-        workergroups = inner.groups.len(),
-        workers = inner.workers.len(),
-        queued = inner.q.order.len(),
-        next_request_idx = inner.q.peek_next(),
+        endpoints = state.catalog.endpoints().count(),
+        workergroups = state.catalog.groups().count(),
+        workers = state.registry.len(),
+        queued = state.queue.len(),
+        next_request_idx = state.queue.peek_next(),
         "state restored"
     );
-    Ok(inner)
+    state
 }

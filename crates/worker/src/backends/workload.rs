@@ -110,7 +110,7 @@ impl Workload {
 
     /// The workload of a payload, falling back to Vast's default (100) as PyWorker does when the
     /// calculator fails or yields a non-finite or negative number.
-    /// The result is capped at [`MAX_WORKLOAD`], so that sums of hostile values (`1e308`) stay
+    /// The result is capped at `MAX_WORKLOAD` (10^12), so that sums of hostile values (`1e308`) stay
     /// finite in the load reports.
     pub fn count(&self, payload: &Value) -> f64 {
         self.eval(payload)

@@ -1,84 +1,45 @@
-//! Persistence: an embedded SQLite database owned by one dedicated thread.
+//! [`SqliteStore`]: an embedded SQLite database owned by one dedicated thread.
 //!
-//! What is stored: endpoints, workergroups, worker records, queued requests (table `records`,
-//! one JSON document per `(kind, id)`), and small values in `kv`: the signing key, the account
-//! key, the `request_idx` ceiling and the id counters.
-//!
-//! The in-memory state is authoritative while running; every change is written through to the
-//! thread as a message, so no async task ever blocks on SQLite and no mutex is held across an
-//! `.await`. Writes are applied in order and batched into one transaction per wake-up. Callers
-//! that must know a change is durable before answering (endpoint creation) await
-//! [`Store::flush`].
-//!
-//! `request_idx` is never reused across restarts: the counter is persisted as a *ceiling*
-//! reserved in blocks (see `queue.rs`), so even a crash that loses the last writes restarts
-//! above every index handed out.
+//! Two tables: `kv (key, value)` and `records (kind, id, body)` with one JSON document per
+//! `(kind, id)`. Writes arrive as messages, so no async task ever blocks on SQLite and no
+//! mutex is held across an `.await`; they are applied in order and batched into one
+//! transaction per wake-up.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+use futures_util::future::BoxFuture;
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
-/// Record kinds.
-pub mod kind {
-    /// Endpoint records.
-    pub const ENDPOINT: &str = "endpoint";
-    /// Workergroup records.
-    pub const WORKERGROUP: &str = "workergroup";
-    /// Worker records.
-    pub const WORKER: &str = "worker";
-    /// Queued requests.
-    pub const QUEUED: &str = "queued";
-}
+use super::{Loaded, Store, Write};
 
 enum Op {
-    Put(String, i64, String),
-    Delete(String, i64),
-    Kv(String, String),
+    Write(Write),
     Flush(oneshot::Sender<()>),
 }
 
-/// Everything read at start-up.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    /// `kv` table.
-    pub kv: HashMap<String, String>,
-    /// `(kind, id, json)` rows of `records`, ordered by kind then id.
-    pub records: Vec<(String, i64, String)>,
-}
-
-impl Loaded {
-    /// The JSON bodies of one kind, by id order.
-    pub fn of(&self, k: &str) -> impl Iterator<Item = (i64, &str)> {
-        let k = k.to_owned();
-        self.records
-            .iter()
-            .filter(move |(kk, _, _)| *kk == k)
-            .map(|(_, id, body)| (*id, body.as_str()))
-    }
-}
-
 /// Handle to the writer thread.
-pub struct Store {
+pub struct SqliteStore {
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     path: Option<PathBuf>,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database at `path`, or an in-memory one for `None`,
     /// and reads everything back. Blocking: call from `spawn_blocking` or before the runtime.
-    pub fn open(path: Option<&Path>) -> Result<(Store, Loaded), String> {
+    pub fn open(path: Option<&Path>) -> Result<(SqliteStore, Loaded), String> {
         if let Some(p) = path {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir)
@@ -109,7 +70,7 @@ impl Store {
             .recv()
             .map_err(|_| "the store thread died".to_string())??;
         Ok((
-            Store {
+            SqliteStore {
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 path: owned,
@@ -129,39 +90,22 @@ impl Store {
             }
         }
     }
+}
 
-    /// Writes (inserts or replaces) one record.
-    pub fn put(&self, kind: &str, id: i64, body: String) {
-        self.send(Op::Put(kind.to_owned(), id, body));
+impl Store for SqliteStore {
+    fn write(&self, w: Write) {
+        self.send(Op::Write(w));
     }
 
-    /// Serializes and writes one record.
-    pub fn put_json<T: serde::Serialize>(&self, kind: &str, id: i64, value: &T) {
-        match serde_json::to_string(value) {
-            Ok(body) => self.put(kind, id, body),
-            Err(e) => tracing::error!(kind, id, error = %e, "cannot serialize record"),
-        }
-    }
-
-    /// Deletes one record.
-    pub fn delete(&self, kind: &str, id: i64) {
-        self.send(Op::Delete(kind.to_owned(), id));
-    }
-
-    /// Sets a `kv` value.
-    pub fn set_kv(&self, key: &str, value: String) {
-        self.send(Op::Kv(key.to_owned(), value));
-    }
-
-    /// Resolves once every change sent before it is committed.
-    pub async fn flush(&self) {
+    fn flush(&self) -> BoxFuture<'_, ()> {
         let (tx, rx) = oneshot::channel();
         self.send(Op::Flush(tx));
-        let _ = rx.await;
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 
-    /// Commits everything pending and stops the thread. Blocking.
-    pub fn close(&self) {
+    fn close(&self) {
         let tx = match self.tx.lock() {
             Ok(mut g) => g.take(),
             Err(p) => p.into_inner().take(),
@@ -177,7 +121,7 @@ impl Store {
     }
 }
 
-impl Drop for Store {
+impl Drop for SqliteStore {
     fn drop(&mut self) {
         self.close();
     }
@@ -244,22 +188,22 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
             let tx = conn.transaction()?;
             for op in batch {
                 match op {
-                    Op::Put(k, id, body) => {
+                    Op::Write(Write::Put { kind, id, body }) => {
                         tx.execute(
                             "INSERT OR REPLACE INTO records (kind, id, body) VALUES (?1, ?2, ?3)",
-                            params![k, id, body],
+                            params![kind.as_str(), id, body],
                         )?;
                     }
-                    Op::Delete(k, id) => {
+                    Op::Write(Write::Delete { kind, id }) => {
                         tx.execute(
                             "DELETE FROM records WHERE kind = ?1 AND id = ?2",
-                            params![k, id],
+                            params![kind.as_str(), id],
                         )?;
                     }
-                    Op::Kv(k, v) => {
+                    Op::Write(Write::Kv { key, value }) => {
                         tx.execute(
                             "INSERT OR REPLACE INTO kv (key, value) VALUES (?1, ?2)",
-                            params![k, v],
+                            params![key, value],
                         )?;
                     }
                     Op::Flush(ack) => acks.push(ack),
@@ -280,6 +224,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::store::Kind;
 
     #[tokio::test]
     async fn round_trip_on_disk() {
@@ -287,17 +232,18 @@ mod tests {
         let path = dir.join("t.db");
         let _ = std::fs::remove_file(&path);
         {
-            let (s, loaded) = Store::open(Some(&path)).unwrap();
+            let (s, loaded) = SqliteStore::open(Some(&path)).unwrap();
             assert!(loaded.records.is_empty());
-            s.put(kind::ENDPOINT, 1, "{\"a\":1}".into());
-            s.put(kind::ENDPOINT, 2, "{}".into());
-            s.delete(kind::ENDPOINT, 2);
+            let s: &dyn Store = &s;
+            s.put_json(Kind::Endpoint, 1, &serde_json::json!({"a": 1}));
+            s.put_json(Kind::Endpoint, 2, &serde_json::json!({}));
+            s.delete(Kind::Endpoint, 2);
             s.set_kv("k", "v".into());
             s.flush().await;
         }
-        let (_s, loaded) = Store::open(Some(&path)).unwrap();
+        let (_s, loaded) = SqliteStore::open(Some(&path)).unwrap();
         assert_eq!(loaded.kv.get("k").map(String::as_str), Some("v"));
-        let eps: Vec<_> = loaded.of(kind::ENDPOINT).collect();
+        let eps: Vec<_> = loaded.of(Kind::Endpoint).collect();
         assert_eq!(eps, vec![(1, "{\"a\":1}")]);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,4 +1,4 @@
-//! Worker choice: the pure core of `/route/`.
+//! The chooser: which worker a request goes to (pure).
 //!
 //! A worker's estimated queue time is `(reported cur_load + load routed to it since, not yet
 //! seen in a report) / max_perf` — Vast's `cur_load / max_perf` with the gap between reports

@@ -1,0 +1,192 @@
+//! The autoscaler's side of [`Control`]: one tick (housekeeping, a view and `decide` per
+//! endpoint), the bookkeeping each decision needs at once under the lock, and the provider
+//! calls that carry it out in background tasks.
+
+use super::view::{endpoint_view, Sources};
+use super::{decide, Action, Decision, Tuning};
+use crate::control::{random_hex, unix_now, Control, State};
+use crate::provider::LaunchSpec;
+use crate::telemetry;
+
+/// An errored worker stays visible this long before it is destroyed and replaced.
+const ERROR_HOLD_S: f64 = 5.0;
+/// Assigned requests are forgotten after this long without a word.
+const REQUEST_TTL_S: f64 = 3600.0;
+
+/// A provider call to make once the lock is released.
+enum Effect {
+    Launch(LaunchSpec),
+    Act(Action, Option<LaunchSpec>),
+}
+
+impl Control {
+    /// One autoscaler step: housekeeping, `decide` per endpoint, and the actions started.
+    pub fn autoscale_tick(&self) -> Vec<Decision> {
+        let (mono, stale) = (self.mono(), self.stale());
+        let dt = {
+            let mut last = match self.shared.last_tick.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let dt = (mono - *last).max(1e-3);
+            *last = mono;
+            dt
+        };
+        let tuning = Tuning {
+            idle_stop_after: self.shared.settings.idle_stop_after.as_secs_f64(),
+            error_hold: ERROR_HOLD_S,
+        };
+        let mut all = Vec::new();
+        let mut effects = Vec::new();
+        {
+            let mut g = self.lock();
+            let s = &mut *g;
+            self.housekeeping(s, mono, stale);
+            let ids: Vec<i64> = s.catalog.endpoints().map(|e| e.id).collect();
+            for ep_id in ids {
+                let src = Sources {
+                    catalog: &s.catalog,
+                    registry: &s.registry,
+                    queue: &s.queue,
+                    stats: &mut s.stats,
+                };
+                let Some(view) = endpoint_view(src, ep_id, mono, stale, dt) else {
+                    continue;
+                };
+                for d in decide(&view, tuning) {
+                    telemetry::scaling(ep_id, &d);
+                    self.begin(s, &d.action, mono, &mut effects);
+                    all.push(d);
+                }
+            }
+            telemetry::workers_by_state(s.registry.iter().map(|w| w.state()));
+            telemetry::queue_length(s.queue.len());
+        }
+        for effect in effects {
+            let this = self.clone();
+            match effect {
+                Effect::Launch(spec) => self.shared.tasks.spawn(async move {
+                    let id = spec.worker_id;
+                    if let Err(e) = this.shared.provider.launch(spec).await {
+                        tracing::warn!(worker = id, error = %e, "launch failed");
+                        this.mark_error(id, format!("launch failed: {e}"));
+                    }
+                }),
+                Effect::Act(action, spec) => self
+                    .shared
+                    .tasks
+                    .spawn(async move { this.apply(action, spec).await }),
+            };
+        }
+        all
+    }
+
+    /// The bookkeeping of a decision, under the lock: new records for launches, states for
+    /// resume, stop and destroy. The provider calls follow as `effects`.
+    fn begin(&self, s: &mut State, action: &Action, mono: f64, effects: &mut Vec<Effect>) {
+        let store = self.store();
+        match *action {
+            Action::Launch {
+                workergroup_id,
+                count,
+            } => {
+                for _ in 0..count {
+                    let Some(ep) = s.catalog.group(workergroup_id).map(|g| g.endpoint_id) else {
+                        break;
+                    };
+                    let id = s.registry.create(
+                        ep,
+                        workergroup_id,
+                        random_hex(16),
+                        unix_now(),
+                        mono,
+                        store,
+                    );
+                    if let Some(spec) = self.spec_for(s, id) {
+                        effects.push(Effect::Launch(spec));
+                    }
+                }
+            }
+            Action::Resume { worker_id } => {
+                if let Some(spec) = self.spec_for(s, worker_id) {
+                    s.registry.resuming(worker_id, unix_now(), mono, store);
+                    effects.push(Effect::Act(action.clone(), Some(spec)));
+                }
+            }
+            Action::Stop { worker_id } => {
+                s.registry.stopping(worker_id, mono);
+                effects.push(Effect::Act(action.clone(), None));
+            }
+            Action::Destroy { worker_id } => {
+                s.registry.doom(|w| w.id() == worker_id, mono);
+                effects.push(Effect::Act(action.clone(), None));
+            }
+        }
+    }
+
+    /// Carries out a resume, stop or destroy through the provider and records the outcome.
+    pub(crate) async fn apply(&self, action: Action, spec: Option<LaunchSpec>) {
+        let p = &self.shared.provider;
+        match action {
+            Action::Resume { worker_id } => {
+                if let Some(spec) = spec {
+                    if let Err(e) = p.resume(spec).await {
+                        tracing::warn!(worker = worker_id, error = %e, "resume failed");
+                        self.mark_error(worker_id, format!("resume failed: {e}"));
+                    }
+                }
+            }
+            Action::Stop { worker_id } => {
+                let r = p.stop(worker_id).await.map_err(|e| e.to_string());
+                let mono = self.mono();
+                self.lock()
+                    .registry
+                    .stop_done(worker_id, r, mono, self.store());
+            }
+            Action::Destroy { worker_id } => {
+                if let Err(e) = p.destroy(worker_id).await {
+                    tracing::warn!(worker = worker_id, error = %e, "destroy failed");
+                }
+                self.lock().registry.remove(worker_id, self.store());
+            }
+            Action::Launch { .. } => {}
+        }
+        self.shared.changed.notify_waiters();
+    }
+
+    fn mark_error(&self, worker_id: i64, msg: String) {
+        let mono = self.mono();
+        self.lock()
+            .registry
+            .fail(worker_id, msg, mono, self.store());
+    }
+
+    /// Expires pending load, stale workers and unpolled requests; then serves the queue.
+    fn housekeeping(&self, s: &mut State, mono: f64, stale: f64) {
+        let settings = &self.shared.settings;
+        let store = self.store();
+        s.registry
+            .housekeep(mono, stale, settings.pending_ttl.as_secs_f64(), store);
+        let queue_ttl = settings.queue_ttl.as_secs_f64();
+        for (idx, worker) in s.queue.expire(mono, queue_ttl, REQUEST_TTL_S, store) {
+            s.registry.release(worker, idx);
+        }
+        s.dispatch(store, mono, stale, None);
+    }
+
+    fn spec_for(&self, s: &State, worker_id: i64) -> Option<LaunchSpec> {
+        let w = s.registry.get(worker_id)?;
+        let wg = s.catalog.group(w.workergroup_id())?;
+        Some(LaunchSpec {
+            worker_id,
+            mtoken: w.mtoken().to_owned(),
+            control_url: self.shared.settings.public_url.clone(),
+            endpoint: wg.endpoint_name.clone(),
+            workergroup_id: wg.id,
+            model_cmd: wg.model_cmd.clone(),
+            worker_cmd: wg.worker_cmd.clone(),
+            backend: wg.backend.clone(),
+            env: wg.env.clone(),
+        })
+    }
+}
