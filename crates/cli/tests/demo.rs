@@ -7,7 +7,7 @@ use std::process::Command;
 
 #[test]
 fn demo_scales_from_zero_serves_the_burst_and_shuts_down() {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args([
             "demo",
             "--requests",
@@ -18,8 +18,13 @@ fn demo_scales_from_zero_serves_the_burst_and_shuts_down() {
             "8",
         ])
         .env("FERRY_LOG", "warn")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("run ferry demo");
+    // The demo's state folder is `ferry-demo-<its pid>`; its instances run inside it.
+    let state_dir = std::env::temp_dir().join(format!("ferry-demo-{}", child.id()));
+    let out = child.wait_with_output().expect("run ferry demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -32,13 +37,18 @@ fn demo_scales_from_zero_serves_the_burst_and_shuts_down() {
     assert!(stdout.contains("stream (first token"), "{stdout}");
     assert!(stdout.contains("via http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("shutting down"), "{stdout}");
-    // No worker or model process outlives the demo.
-    let leftover = Command::new("pgrep")
-        .args(["-f", "ferry-demo-"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    assert!(leftover.is_empty(), "processes left behind: {leftover}");
+    // No worker or model process of this demo outlives it: none runs inside its state folder
+    // (other demos and tests may run meanwhile, in folders of their own).
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&state_dir))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(leftover.is_empty(), "processes left behind: {leftover:?}");
 }
 
 #[test]
