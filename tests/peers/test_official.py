@@ -753,6 +753,63 @@ async def test_openai_gateway(cp: Control) -> None:
         await oa.close()
 
 
+async def test_official_cli(cp: Control) -> None:
+    """Vast's own `vastai` CLI against ferry control: `get endpt-logs`, `get wrkgrp-logs` and
+    `update workers` (a rolling update that replaces both workers), and a refused call that
+    prints its reason instead of `None`."""
+    vastai = Path(sys.executable).parent / "vastai"
+    assert vastai.exists(), f"vastai CLI not in the peer venv: {vastai}"
+
+    def cli(*args: str, key: str = KEY) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(vastai), "--url", cp.url, "--api-key", key, *args],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    status, body = await http(
+        "POST", f"{cp.url}/api/v0/endptjobs/",
+        {"endpoint_name": "t7", "cold_workers": 2, "max_workers": 3, "cold_mult": 1.0},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )  # fmt: skip
+    assert status == 200, (status, body)
+    ep = body["result"]
+    status, body = await http(
+        "POST", f"{cp.url}/api/v0/workergroups/", {"endpoint_id": ep},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )  # fmt: skip
+    assert status == 200, (status, body)
+    wg = body["id"]
+    before = {w["id"] for w in await cp.wait_workers(ep, idle(2), "two idle workers")}
+
+    r = cli("get", "endpt-logs", str(ep), "--level", "1")
+    assert r.returncode == 0, r
+    assert "autoscaler: launch 2 worker(s)" in r.stdout, r.stdout
+    assert "-> idle" in r.stdout, r.stdout
+
+    r = cli("update", "workers", str(wg))
+    assert r.returncode == 0 and f"Update started for workergroup {wg} (2 workers)" in r.stdout, r
+    ws = await cp.wait_workers(
+        ep, lambda ws: not before & {w["id"] for w in ws} and idle(2)(ws),
+        "both workers replaced by ready new ones",
+    )  # fmt: skip
+    print(f"    rolling update: {sorted(before)} -> {sorted(w['id'] for w in ws)}")
+    deadline = time.monotonic() + 30
+    while True:
+        r = cli("get", "wrkgrp-logs", str(wg), "--level", "0")
+        assert r.returncode == 0, r
+        if "rolling update finished" in r.stdout or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert "rolling update started: 2 worker(s) to replace" in r.stdout, r.stdout
+    assert r.stdout.strip().endswith("rolling update finished"), r.stdout
+
+    # A refused call prints the control plane's reason (Vast's `msg`), not `None`.
+    r = cli("show", "endpoints", key="wrong-key")
+    out = r.stdout + r.stderr
+    assert "Failed with error 401: Authentication failed" in out, out
+    assert "Traceback" not in out, out
+
+
 TESTS = [
     test_official_client_requests,
     test_official_client_session,
@@ -760,6 +817,7 @@ TESTS = [
     test_pyworker_registers,
     test_mixed_fleet,
     test_openai_gateway,
+    test_official_cli,
 ]
 
 # ---------------------------------------------------------------------------------------------

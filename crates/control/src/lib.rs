@@ -68,6 +68,7 @@ pub mod config;
 pub mod control;
 pub mod endpoint;
 pub mod error;
+pub mod events;
 pub mod provider;
 pub mod queue;
 pub mod registry;
@@ -149,6 +150,9 @@ pub fn build_app(control: Control) -> Router {
         .route("/get_endpoint_workers/", post(rt::endpoint_workers))
         .route("/get_workergroup_workers/", post(rt::group_workers))
         .route("/get_autogroup_workers/", post(rt::group_workers))
+        .route("/get_endpoint_logs/", post(rt::endpoint_logs))
+        .route("/get_autogroup_logs/", post(rt::group_logs))
+        .route("/update_workers/", post(rt::update_workers))
         .layer(small)
         .layer(axum::middleware::from_fn_with_state(
             Surface::Console,

@@ -255,6 +255,10 @@ impl WorkerRec {
     pub fn state(&self) -> WorkerState {
         self.state
     }
+    /// The last `error_msg` (empty when none).
+    pub fn error_msg(&self) -> &str {
+        &self.error_msg
+    }
     /// Base URL the worker reports.
     pub fn url(&self) -> &str {
         &self.url
@@ -638,6 +642,23 @@ impl Registry {
             w.set_state(WorkerState::Loading, mono);
             true
         });
+    }
+
+    /// A rolling update takes a worker out of routing: no new requests, but the ones already
+    /// routed to it stay counted until they finish (see `autoscale::rollout`).
+    pub fn draining(&mut self, id: i64, mono: f64) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.set_state(WorkerState::Stopping, mono);
+        }
+    }
+
+    /// A cancelled rolling update puts a worker it took out of routing back.
+    pub fn undrain(&mut self, id: i64, mono: f64) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            if w.state == WorkerState::Stopping {
+                w.set_state(WorkerState::Idle, mono);
+            }
+        }
     }
 
     /// The autoscaler is stopping a worker: no more load is counted on it.

@@ -25,6 +25,7 @@ use serde_json::Value;
 use crate::api::{object, presented_key};
 use crate::control::RouteOutcome;
 use crate::error::{ControlError, ROUTE_BAD_REQUEST};
+use crate::events::Logs;
 use crate::registry::WorkerInfo;
 use crate::Control;
 
@@ -56,13 +57,84 @@ pub async fn route(
 }
 
 fn id_of(obj: &serde_json::Map<String, Value>) -> Result<i64, ControlError> {
-    match obj.get("id") {
+    int_field(obj, "id")?.ok_or_else(|| ControlError::BadRequest("id: required".into()))
+}
+
+/// An integer field, also as a numeric string (Vast's clients send both).
+fn int_field(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<i64>, ControlError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
         Some(v) => v
             .as_i64()
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .ok_or_else(|| ControlError::BadRequest("id: must be an integer".into())),
-        None => Err(ControlError::BadRequest("id: required".into())),
+            .map(Some)
+            .ok_or_else(|| ControlError::BadRequest(format!("{name}: must be an integer"))),
     }
+}
+
+/// `tail` of the logs routes: a non-negative line count.
+fn tail_of(obj: &serde_json::Map<String, Value>) -> Result<Option<usize>, ControlError> {
+    int_field(obj, "tail")?
+        .map(|t| {
+            usize::try_from(t)
+                .map_err(|_| ControlError::BadRequest("tail: must be 0 or more".into()))
+        })
+        .transpose()
+}
+
+/// `POST /get_endpoint_logs/`: `{id, tail?}` → `{info0, info1, trace, debug}`.
+pub async fn endpoint_logs(
+    State(c): State<Control>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Json<Logs>, ControlError> {
+    let obj = object(&body)?;
+    let key = presented_key(&headers, &q, Some(&obj));
+    c.endpoint_logs(id_of(&obj)?, key.as_deref(), tail_of(&obj)?)
+        .map(Json)
+}
+
+/// `POST /get_autogroup_logs/`: a workergroup's logs, same shape.
+pub async fn group_logs(
+    State(c): State<Control>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Json<Logs>, ControlError> {
+    let obj = object(&body)?;
+    let key = presented_key(&headers, &q, Some(&obj));
+    c.group_logs(id_of(&obj)?, key.as_deref(), tail_of(&obj)?)
+        .map(Json)
+}
+
+/// `POST /update_workers/`: `{workergroup_id, cancel_update?}` with the account key → a rolling
+/// update of the workergroup (`{"success": true, "workers_to_update": n}`), or its
+/// cancellation (`{"success": true, "cancelled": bool}`).
+pub async fn update_workers(
+    State(c): State<Control>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Json<Value>, ControlError> {
+    let obj = object(&body)?;
+    let key = presented_key(&headers, &q, Some(&obj));
+    c.check_account(key.as_deref())?;
+    let group = int_field(&obj, "workergroup_id")?
+        .ok_or_else(|| ControlError::BadRequest("workergroup_id: required".into()))?;
+    if obj.get("cancel_update").and_then(Value::as_bool) == Some(true) {
+        let cancelled = c.cancel_update(group);
+        return Ok(Json(
+            serde_json::json!({"success": true, "cancelled": cancelled}),
+        ));
+    }
+    let n = c.update_workers(group)?;
+    Ok(Json(
+        serde_json::json!({"success": true, "workers_to_update": n}),
+    ))
 }
 
 /// `POST /get_endpoint_workers/`.

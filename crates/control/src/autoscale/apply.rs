@@ -2,9 +2,10 @@
 //! endpoint), the bookkeeping each decision needs at once under the lock, and the provider
 //! calls that carry it out in background tasks.
 
-use super::view::{endpoint_view, Sources};
+use super::view::{endpoint_view, status_line, Sources};
 use super::{decide, Action, Decision, Tuning};
 use crate::control::{random_hex, unix_now, Control, State};
+use crate::events::Level;
 use crate::provider::LaunchSpec;
 use crate::telemetry;
 
@@ -14,7 +15,7 @@ const ERROR_HOLD_S: f64 = 5.0;
 const REQUEST_TTL_S: f64 = 3600.0;
 
 /// A provider call to make once the lock is released.
-enum Effect {
+pub(super) enum Effect {
     Launch(LaunchSpec),
     Act(Action, Option<LaunchSpec>),
 }
@@ -55,10 +56,23 @@ impl Control {
                 };
                 for d in decide(&view, tuning) {
                     telemetry::scaling(ep_id, &d);
+                    let group = match d.action {
+                        Action::Launch { workergroup_id, .. } => Some(workergroup_id),
+                        Action::Resume { worker_id }
+                        | Action::Stop { worker_id }
+                        | Action::Destroy { worker_id } => {
+                            s.registry.get(worker_id).map(|w| w.workergroup_id())
+                        }
+                    };
+                    let text = format!("autoscaler: {} ({})", describe(&d.action), d.reason);
+                    s.events
+                        .record(unix_now(), ep_id, group, Level::Info0, text);
                     self.begin(s, &d.action, mono, &mut effects);
                     all.push(d);
                 }
             }
+            self.step_rollouts(s, mono, &mut effects);
+            self.observe(s, mono, stale);
             telemetry::workers_by_state(s.registry.iter().map(|w| w.state()));
             telemetry::queue_length(s.queue.len());
         }
@@ -154,6 +168,20 @@ impl Control {
         self.shared.changed.notify_waiters();
     }
 
+    /// Worker lifecycle changes and status lines into the logs.
+    fn observe(&self, s: &mut State, mono: f64, stale: f64) {
+        let unix = unix_now();
+        for w in s.registry.iter() {
+            let at = (w.endpoint_id(), w.workergroup_id(), w.id());
+            s.events.observe_worker(unix, at, w.state(), w.error_msg());
+        }
+        s.events.sweep(unix, |id| s.registry.get(id).is_some());
+        for ep in s.catalog.endpoints() {
+            let line = status_line(&s.registry, &s.queue, ep.id, mono, stale);
+            s.events.observe_status(unix, ep.id, line);
+        }
+    }
+
     fn mark_error(&self, worker_id: i64, msg: String) {
         let mono = self.mono();
         self.lock()
@@ -174,7 +202,7 @@ impl Control {
         s.dispatch(store, mono, stale, None);
     }
 
-    fn spec_for(&self, s: &State, worker_id: i64) -> Option<LaunchSpec> {
+    pub(super) fn spec_for(&self, s: &State, worker_id: i64) -> Option<LaunchSpec> {
         let w = s.registry.get(worker_id)?;
         let wg = s.catalog.group(w.workergroup_id())?;
         Some(LaunchSpec {
@@ -188,5 +216,18 @@ impl Control {
             backend: wg.backend.clone(),
             env: wg.env.clone(),
         })
+    }
+}
+
+/// An action as a log line.
+fn describe(action: &Action) -> String {
+    match action {
+        Action::Launch {
+            workergroup_id,
+            count,
+        } => format!("launch {count} worker(s) in workergroup {workergroup_id}"),
+        Action::Resume { worker_id } => format!("resume worker {worker_id}"),
+        Action::Stop { worker_id } => format!("stop worker {worker_id}"),
+        Action::Destroy { worker_id } => format!("destroy worker {worker_id}"),
     }
 }

@@ -4,12 +4,15 @@
 //! - `view.rs`: the [`EndpointView`] it reads, built from the catalog, registry, queue and
 //!   stats, and the status line of a waiting `/route/` answer ([`status_line`]).
 //! - `apply.rs`: one tick ([`Control::autoscale_tick`]): housekeeping, views, decisions, the
-//!   bookkeeping under the lock and the provider calls in background tasks.
+//!   bookkeeping under the lock and the provider calls in background tasks; each decision and
+//!   worker change goes into the logs ([`crate::events`]).
+//! - `rollout.rs`: rolling updates of a workergroup (`/update_workers/`), a step per tick.
 //!
 //! Here: the loop that runs a tick every interval and pumps provider events.
 
 mod apply;
 mod decide;
+pub mod rollout;
 mod view;
 
 pub use decide::{

@@ -5,6 +5,7 @@
 use super::{Control, State};
 use crate::endpoint::Endpoint;
 use crate::error::{ControlError, ROUTE_BAD_REQUEST};
+use crate::events::Logs;
 use crate::registry::WorkerInfo;
 
 impl Control {
@@ -41,15 +42,11 @@ impl Control {
         }
     }
 
-    /// Workers of an endpoint (account key or the endpoint's key).
-    pub fn endpoint_workers(
-        &self,
-        id: i64,
-        key: Option<&str>,
-    ) -> Result<Vec<WorkerInfo>, ControlError> {
-        let g = self.lock();
+    /// Whether `key` may read endpoint `id` (the account key or the endpoint's key);
+    /// authenticated first.
+    fn endpoint_access(&self, g: &State, id: i64, key: Option<&str>) -> Result<(), ControlError> {
         let Some(ep) = g.catalog.endpoint(id) else {
-            return Err(if self.authenticated(&g, key) {
+            return Err(if self.authenticated(g, key) {
                 ControlError::NotFound(format!("no endpoint {id}"))
             } else {
                 ControlError::auth()
@@ -58,18 +55,14 @@ impl Control {
         if !secret_eq(key, &self.shared.account_key) && !secret_eq(key, &ep.api_key) {
             return Err(ControlError::auth());
         }
-        Ok(g.registry.of_endpoint(id).map(|w| w.info()).collect())
+        Ok(())
     }
 
-    /// Workers of a workergroup (account key or the endpoint's key).
-    pub fn group_workers(
-        &self,
-        id: i64,
-        key: Option<&str>,
-    ) -> Result<Vec<WorkerInfo>, ControlError> {
-        let g = self.lock();
+    /// Whether `key` may read workergroup `id` (the account key or its endpoint's key);
+    /// authenticated first.
+    fn group_access(&self, g: &State, id: i64, key: Option<&str>) -> Result<(), ControlError> {
         let Some(wg) = g.catalog.group(id) else {
-            return Err(if self.authenticated(&g, key) {
+            return Err(if self.authenticated(g, key) {
                 ControlError::NotFound(format!("no workergroup {id}"))
             } else {
                 ControlError::auth()
@@ -82,7 +75,53 @@ impl Control {
         if !secret_eq(key, &self.shared.account_key) && !ep_key.is_some_and(|k| secret_eq(key, k)) {
             return Err(ControlError::auth());
         }
+        Ok(())
+    }
+
+    /// Workers of an endpoint (account key or the endpoint's key).
+    pub fn endpoint_workers(
+        &self,
+        id: i64,
+        key: Option<&str>,
+    ) -> Result<Vec<WorkerInfo>, ControlError> {
+        let g = self.lock();
+        self.endpoint_access(&g, id, key)?;
+        Ok(g.registry.of_endpoint(id).map(|w| w.info()).collect())
+    }
+
+    /// Workers of a workergroup (account key or the endpoint's key).
+    pub fn group_workers(
+        &self,
+        id: i64,
+        key: Option<&str>,
+    ) -> Result<Vec<WorkerInfo>, ControlError> {
+        let g = self.lock();
+        self.group_access(&g, id, key)?;
         Ok(g.registry.of_group(id).map(|w| w.info()).collect())
+    }
+
+    /// An endpoint's recent history (`/get_endpoint_logs/`), the last `tail` lines per level.
+    pub fn endpoint_logs(
+        &self,
+        id: i64,
+        key: Option<&str>,
+        tail: Option<usize>,
+    ) -> Result<Logs, ControlError> {
+        let g = self.lock();
+        self.endpoint_access(&g, id, key)?;
+        Ok(g.events.endpoint(id, tail))
+    }
+
+    /// A workergroup's recent history (`/get_autogroup_logs/`).
+    pub fn group_logs(
+        &self,
+        id: i64,
+        key: Option<&str>,
+        tail: Option<usize>,
+    ) -> Result<Logs, ControlError> {
+        let g = self.lock();
+        self.group_access(&g, id, key)?;
+        Ok(g.events.group(id, tail))
     }
 
     /// The endpoint's key check for the gateway: authenticated first, so a caller with no key

@@ -32,9 +32,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::autoscale::rollout::Rollouts;
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::error::RunError;
+use crate::events::Events;
 use crate::provider::{Provider, ProviderEvent};
 use crate::queue::Queue;
 use crate::registry::{Registry, WorkerInfo, WorkerState};
@@ -99,6 +101,10 @@ pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) queue: Queue,
     pub(crate) stats: Stats,
+    /// Recent history per endpoint and workergroup (the logs routes).
+    pub(crate) events: Events,
+    /// Rolling updates under way, by workergroup.
+    pub(crate) rollouts: Rollouts,
     /// Breaks exact ties between workers.
     pub(crate) rng: StdRng,
 }
@@ -351,6 +357,8 @@ fn restore(loaded: &Loaded, store: &dyn Store) -> State {
         registry: Registry::restore(loaded),
         queue: Queue::restore(loaded, store),
         stats: Stats::default(),
+        events: Events::default(),
+        rollouts: Rollouts::default(),
         rng: StdRng::from_entropy(),
     };
     tracing::info!(

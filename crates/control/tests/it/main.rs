@@ -9,3 +9,4 @@ mod harness;
 mod inproc;
 mod inputs;
 mod local;
+mod rollout;
