@@ -381,6 +381,18 @@ impl WorkerArgs {
         let text = std::fs::read_to_string(&path).map_err(|e| {
             ConfigError::new("FERRY_WORKER_CONFIG", format!("{}: {e}", path.display()))
         })?;
+        self.merge_toml(matches, path, &text)
+    }
+
+    /// Merges the text of the TOML file at `path` under the flags and env vars in `matches`
+    /// (what `--config` does once the file is read; public for the fuzz targets).
+    #[doc(hidden)]
+    pub fn merge_toml(
+        self,
+        matches: &ArgMatches,
+        path: PathBuf,
+        text: &str,
+    ) -> Result<(WorkerArgs, PresetFile), ConfigError> {
         let mut file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::new(
                 "FERRY_WORKER_CONFIG",
