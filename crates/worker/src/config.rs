@@ -240,10 +240,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(setting: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            setting,
-            reason: reason.into(),
-        }
+        // One line whatever the reason quotes: a route path from the TOML file may hold a line
+        // break.
+        let reason = reason.into().replace('\n', "\\n").replace('\r', "\\r");
+        Self { setting, reason }
     }
 }
 
@@ -793,6 +793,12 @@ mod tests {
         let speak = s.preset.route_for("/speak").unwrap();
         assert_eq!(speak.model_path, "/v1/audio/speech");
         assert!(!speak.parallel);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let e = ConfigError::new("BACKEND", "route /a\nb\r: bad");
+        assert_eq!(e.to_string(), "BACKEND: route /a\\nb\\r: bad");
     }
 
     #[test]
