@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one test command. Installs what the tests need by itself, then runs the same gate CI runs:
-# formatting, clippy with warnings denied, docs with warnings denied, every Rust test, the tests
-# against real peers (llama.cpp's llama-server with real models, Vast's official Python client and
-# PyWorker, the openai package), fault injection under load through the official client, and the
+# formatting, clippy with warnings denied, unused dependencies, docs with warnings denied, every
+# Rust test, a short run of every fuzz target (scripts/fuzz.sh), the tests against real peers
+# (llama.cpp's llama-server with real models, Vast's official Python client, CLI and PyWorker, the
+# openai package), fault injection under load through the official client, and the
 # side-by-side benchmark's smoke mode.
 #
 # Real peers are installed by scripts/setup-peers.sh into ~/.cache/ferry (keyed by version and
@@ -42,6 +43,9 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 step "cargo test --workspace"
 cargo test --workspace --locked
+
+step "fuzz targets, short run (scripts/fuzz.sh)"
+bash scripts/fuzz.sh --seconds 15
 
 step "local provider with real processes (ferry control launching ferry worker + sim)"
 cargo build -p ferry --locked

@@ -272,10 +272,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(setting: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            setting,
-            reason: reason.into(),
-        }
+        // One line whatever the reason quotes: a route path from the TOML file may hold a line
+        // break.
+        let reason = reason.into().replace('\n', "\\n").replace('\r', "\\r");
+        Self { setting, reason }
     }
 }
 
@@ -423,6 +423,18 @@ impl WorkerArgs {
         let text = std::fs::read_to_string(&path).map_err(|e| {
             ConfigError::new("FERRY_WORKER_CONFIG", format!("{}: {e}", path.display()))
         })?;
+        self.merge_toml(matches, path, &text)
+    }
+
+    /// Merges the text of the TOML file at `path` under the flags and env vars in `matches`
+    /// (what `--config` does once the file is read; public for the fuzz targets).
+    #[doc(hidden)]
+    pub fn merge_toml(
+        self,
+        matches: &ArgMatches,
+        path: PathBuf,
+        text: &str,
+    ) -> Result<(WorkerArgs, PresetFile), ConfigError> {
         let mut file: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             ConfigError::new(
                 "FERRY_WORKER_CONFIG",
@@ -868,6 +880,12 @@ mod tests {
         let speak = s.preset.route_for("/speak").unwrap();
         assert_eq!(speak.model_path, "/v1/audio/speech");
         assert!(!speak.parallel);
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let e = ConfigError::new("BACKEND", "route /a\nb\r: bad");
+        assert_eq!(e.to_string(), "BACKEND: route /a\\nb\\r: bad");
     }
 
     #[test]

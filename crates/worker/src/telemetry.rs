@@ -116,14 +116,64 @@ impl RouteMetrics {
     }
 }
 
+/// Counts the events of an SSE body as it is relayed: lines that start with `data:`, wherever
+/// the chunk boundaries fall (inside `data:` too).
+#[derive(Debug, Clone)]
+pub struct SseEvents {
+    events: u64,
+    /// How many bytes of `data:` the current line has matched so far; `None` once it cannot
+    /// start with `data:`.
+    matched: Option<usize>,
+}
+
+const DATA_PREFIX: &[u8] = b"data:";
+
+impl Default for SseEvents {
+    fn default() -> Self {
+        Self {
+            events: 0,
+            matched: Some(0),
+        }
+    }
+}
+
+impl SseEvents {
+    /// A counter at the start of a body.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counts the events in `chunk`, the next piece of the body.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        for &b in chunk {
+            self.matched = match self.matched {
+                _ if b == b'\n' => Some(0),
+                Some(n) if DATA_PREFIX.get(n) == Some(&b) => {
+                    if n + 1 == DATA_PREFIX.len() {
+                        self.events += 1;
+                        None
+                    } else {
+                        Some(n + 1)
+                    }
+                }
+                _ => None,
+            };
+        }
+    }
+
+    /// Events counted so far.
+    pub fn count(&self) -> u64 {
+        self.events
+    }
+}
+
 /// Watches one relayed response: time to first byte, stream events, outcome, latency.
 pub struct RequestObserver {
     metrics: RouteMetrics,
     started: Instant,
     first_byte: bool,
     sse: bool,
-    events: u64,
-    carry: bool,
+    events: SseEvents,
 }
 
 impl RequestObserver {
@@ -137,8 +187,7 @@ impl RequestObserver {
             started,
             first_byte: false,
             sse,
-            events: 0,
-            carry: true,
+            events: SseEvents::new(),
         }
     }
 }
@@ -152,15 +201,7 @@ impl RelayObserver for RequestObserver {
                 .record(self.started.elapsed().as_secs_f64());
         }
         if self.sse {
-            // Count lines starting with "data:"; `carry` says the last chunk ended a line.
-            let mut line_start = self.carry;
-            for (i, b) in chunk.iter().enumerate() {
-                if line_start && chunk[i..].starts_with(b"data:") {
-                    self.events += 1;
-                }
-                line_start = *b == b'\n';
-            }
-            self.carry = line_start;
+            self.events.feed(chunk);
         }
     }
 
@@ -171,8 +212,25 @@ impl RelayObserver for RequestObserver {
             Outcome::Error => self.metrics.error.increment(1),
             Outcome::Cancelled => self.metrics.cancelled.increment(1),
         }
-        if self.events > 0 {
-            self.metrics.events.increment(self.events);
+        if self.events.count() > 0 {
+            self.metrics.events.increment(self.events.count());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_do_not_depend_on_chunking() {
+        let body = b"event: message\ndata: {\"a\":1}\n\n: keepalive\ndata:{}\r\n\r\nxdata: no\ndata: [DONE]\n\ndata";
+        for piece in 1..=body.len() {
+            let mut c = SseEvents::new();
+            for chunk in body.chunks(piece) {
+                c.feed(chunk);
+            }
+            assert_eq!(c.count(), 3, "piece size {piece}");
         }
     }
 }

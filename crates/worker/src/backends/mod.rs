@@ -193,6 +193,15 @@ impl PresetFile {
             if routes.iter().any(|x: &RouteSpec| x.path == r.path) {
                 return Err(format!("route {} is declared twice", r.path));
             }
+            if let Some(q) = r.max_queue_time {
+                // Negative would refuse every request with 429, NaN none.
+                if !(q.is_finite() && q >= 0.0) {
+                    return Err(format!(
+                        "route {}: max_queue_time must be a non-negative number of seconds",
+                        r.path
+                    ));
+                }
+            }
             let workload = match &r.workload {
                 None => Workload::Constant(DEFAULT_WORKLOAD),
                 Some(v) => Workload::from_toml(v)
@@ -352,6 +361,18 @@ mod tests {
         assert_eq!(p.lines.loaded, vec!["ready!"]);
         assert_eq!(p.benchmark.payloads[0]["parameters"]["max_new_tokens"], 8);
         assert_eq!(r.workload.count(&p.benchmark.payloads[0]), 8.0);
+    }
+
+    #[test]
+    fn custom_max_queue_time_must_be_a_duration() {
+        for bad in ["-1.0", "nan", "inf"] {
+            let mut t: toml::Table = format!("[[route]]\npath = \"/a\"\nmax_queue_time = {bad}\n")
+                .parse()
+                .unwrap();
+            let f = PresetFile::take_from(&mut t).unwrap();
+            let e = Preset::resolve("", &f).unwrap_err();
+            assert!(e.contains("max_queue_time"), "{bad}: {e}");
+        }
     }
 
     #[test]
