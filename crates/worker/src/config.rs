@@ -157,8 +157,8 @@ pub struct WorkerArgs {
 
     /// How readiness is detected: "logs" (MODEL_LOG lines) or "health" (poll the health endpoint).
     /// Default: logs when MODEL_LOG is set, else health.
-    #[arg(long, env = "READINESS")]
-    pub readiness: Option<String>,
+    #[arg(long, env = "READINESS", value_enum, ignore_case = true)]
+    pub readiness: Option<crate::readiness::Mode>,
 
     /// Benchmark result cache (PyWorker's `.has_benchmark`); a restarted worker skips the benchmark.
     #[arg(long, env = "FERRY_BENCHMARK_CACHE", default_value = ".has_benchmark")]
@@ -562,23 +562,11 @@ impl WorkerArgs {
                 ));
             }
         }
-        let readiness = match self.readiness.as_deref().map(str::trim) {
-            None | Some("") => {
-                if self.model_log.is_some() {
-                    crate::readiness::Mode::Logs
-                } else {
-                    crate::readiness::Mode::Health
-                }
-            }
-            Some("logs") | Some("log") => crate::readiness::Mode::Logs,
-            Some("health") | Some("healthcheck") => crate::readiness::Mode::Health,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "READINESS",
-                    format!("{other:?} is neither \"logs\" nor \"health\""),
-                ))
-            }
-        };
+        let readiness = self.readiness.unwrap_or(if self.model_log.is_some() {
+            crate::readiness::Mode::Logs
+        } else {
+            crate::readiness::Mode::Health
+        });
         if self.assume_loaded_perf.is_none() {
             match readiness {
                 crate::readiness::Mode::Logs if self.model_log.is_none() => {
@@ -621,8 +609,9 @@ impl WorkerArgs {
             model_server_url,
             model_health_endpoint,
             preset,
-            require_ferry_token: self.require_ferry_token.unwrap_or(false),
-            check_url: self.check_url.unwrap_or(false) || self.require_ferry_token.unwrap_or(false),
+            require_ferry_token: req(&self.require_ferry_token, "FERRY_REQUIRE_TOKEN")?,
+            check_url: req(&self.check_url, "FERRY_CHECK_URL")?
+                || req(&self.require_ferry_token, "FERRY_REQUIRE_TOKEN")?,
             connect_timeout: nonzero_ms(self.connect_timeout_ms, "FERRY_CONNECT_TIMEOUT_MS")?,
             first_byte_timeout: nonzero_ms(
                 self.first_byte_timeout_s.map(|s| s.saturating_mul(1000)),
@@ -653,10 +642,13 @@ impl WorkerArgs {
                 path: req(&self.benchmark_cache, "FERRY_BENCHMARK_CACHE")?,
                 max_age: self.benchmark_max_age_s.map(Duration::from_secs),
             },
-            benchmark_retry: Duration::from_secs(self.benchmark_retry_s.unwrap_or(600)),
+            benchmark_retry: Duration::from_secs(req(
+                &self.benchmark_retry_s,
+                "FERRY_BENCHMARK_RETRY_S",
+            )?),
             health_interval: nonzero_ms(self.health_interval_ms, "FERRY_HEALTH_INTERVAL_MS")?,
             log_poll: nonzero_ms(self.log_poll_ms, "FERRY_LOG_POLL_MS")?,
-            max_sessions: self.max_sessions.unwrap_or(10),
+            max_sessions: req(&self.max_sessions, "FERRY_MAX_SESSIONS")?,
             session_callback_origins: self
                 .session_callback_origins
                 .as_deref()
@@ -702,9 +694,12 @@ impl WorkerArgs {
             } else {
                 None
             },
-            shutdown_grace: Duration::from_secs(self.shutdown_grace_s.unwrap_or(30)),
+            shutdown_grace: Duration::from_secs(req(
+                &self.shutdown_grace_s,
+                "FERRY_SHUTDOWN_GRACE_S",
+            )?),
             session_gc: nonzero_ms(self.session_gc_ms, "FERRY_SESSION_GC_MS")?,
-            threads: self.threads.unwrap_or(1),
+            threads: req(&self.threads, "FERRY_WORKER_THREADS")?,
             max_connections: match self.max_connections {
                 None => None,
                 Some(n) => Some(std::num::NonZeroUsize::new(n).ok_or_else(|| {
@@ -855,6 +850,13 @@ mod tests {
             WorkerArgs::parse_from(["worker", "--model-health-endpoint", "/health"]).unwrap();
         let s = args.validate(&file).unwrap();
         assert_eq!(s.readiness, crate::readiness::Mode::Health);
+        // Typed: PyWorker's spellings are accepted, anything else is refused by name.
+        let (args, _) = WorkerArgs::parse_from(["worker", "--readiness", "HealthCheck"]).unwrap();
+        assert_eq!(args.readiness, Some(crate::readiness::Mode::Health));
+        let (args, _) = WorkerArgs::parse_from(["worker", "--readiness", "log"]).unwrap();
+        assert_eq!(args.readiness, Some(crate::readiness::Mode::Logs));
+        let e = WorkerArgs::parse_from(["worker", "--readiness", "vibes"]).unwrap_err();
+        assert!(e.to_string().contains("--readiness"), "{e}");
     }
 
     #[test]

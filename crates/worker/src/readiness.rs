@@ -29,12 +29,19 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 /// Longest wait between two readiness attempts.
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// How the worker learns the model is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the worker learns the model is loaded (`READINESS`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Watch the model log for a loaded line (PyWorker's way).
+    #[value(alias = "log")]
+    #[serde(alias = "log")]
     Logs,
     /// Poll the health endpoint; no log needed.
+    #[value(alias = "healthcheck")]
+    #[serde(alias = "healthcheck")]
     Health,
 }
 
