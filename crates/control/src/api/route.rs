@@ -92,9 +92,8 @@ pub async fn endpoint_logs(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Logs>, ControlError> {
-    let obj = object(&body)?;
-    let key = presented_key(&headers, &q, Some(&obj));
-    c.endpoint_logs(id_of(&obj)?, key.as_deref(), tail_of(&obj)?)
+    let (id, key, obj) = asked(&headers, &q, &body)?;
+    c.endpoint_logs(id, key.as_deref(), tail_of(&obj)?)
         .map(Json)
 }
 
@@ -105,10 +104,22 @@ pub async fn group_logs(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Logs>, ControlError> {
-    let obj = object(&body)?;
-    let key = presented_key(&headers, &q, Some(&obj));
-    c.group_logs(id_of(&obj)?, key.as_deref(), tail_of(&obj)?)
-        .map(Json)
+    let (id, key, obj) = asked(&headers, &q, &body)?;
+    c.group_logs(id, key.as_deref(), tail_of(&obj)?).map(Json)
+}
+
+/// A console read: the `id` it names, the key it presents, and its body.
+type Asked = (i64, Option<String>, serde_json::Map<String, Value>);
+
+/// Reads a console read's body.
+fn asked(
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<Asked, ControlError> {
+    let obj = object(body)?;
+    let key = presented_key(headers, q, Some(&obj));
+    Ok((id_of(&obj)?, key, obj))
 }
 
 /// `POST /update_workers/`: `{workergroup_id, cancel_update?}` with the account key → a rolling
@@ -144,9 +155,7 @@ pub async fn endpoint_workers(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Vec<WorkerInfo>>, ControlError> {
-    let obj = object(&body)?;
-    let id = id_of(&obj)?;
-    let key = presented_key(&headers, &q, Some(&obj));
+    let (id, key, _) = asked(&headers, &q, &body)?;
     c.endpoint_workers(id, key.as_deref()).map(Json)
 }
 
@@ -157,8 +166,6 @@ pub async fn group_workers(
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Result<Json<Vec<WorkerInfo>>, ControlError> {
-    let obj = object(&body)?;
-    let id = id_of(&obj)?;
-    let key = presented_key(&headers, &q, Some(&obj));
+    let (id, key, _) = asked(&headers, &q, &body)?;
     c.group_workers(id, key.as_deref()).map(Json)
 }

@@ -42,40 +42,36 @@ impl Control {
         }
     }
 
-    /// Whether `key` may read endpoint `id` (the account key or the endpoint's key);
-    /// authenticated first.
+    /// Whether `key` may read endpoint `id` (the account key or the endpoint's key).
     fn endpoint_access(&self, g: &State, id: i64, key: Option<&str>) -> Result<(), ControlError> {
-        let Some(ep) = g.catalog.endpoint(id) else {
-            return Err(if self.authenticated(g, key) {
-                ControlError::NotFound(format!("no endpoint {id}"))
-            } else {
-                ControlError::auth()
-            });
-        };
-        if !secret_eq(key, &self.shared.account_key) && !secret_eq(key, &ep.api_key) {
-            return Err(ControlError::auth());
-        }
-        Ok(())
+        let owner = g.catalog.endpoint(id).map(|ep| ep.api_key.as_str());
+        self.readable(g, owner, key, || format!("no endpoint {id}"))
     }
 
-    /// Whether `key` may read workergroup `id` (the account key or its endpoint's key);
-    /// authenticated first.
+    /// Whether `key` may read workergroup `id` (the account key or its endpoint's key).
     fn group_access(&self, g: &State, id: i64, key: Option<&str>) -> Result<(), ControlError> {
-        let Some(wg) = g.catalog.group(id) else {
-            return Err(if self.authenticated(g, key) {
-                ControlError::NotFound(format!("no workergroup {id}"))
-            } else {
-                ControlError::auth()
-            });
-        };
-        let ep_key = g
-            .catalog
-            .endpoint(wg.endpoint_id)
-            .map(|e| e.api_key.as_str());
-        if !secret_eq(key, &self.shared.account_key) && !ep_key.is_some_and(|k| secret_eq(key, k)) {
-            return Err(ControlError::auth());
+        let owner = g.catalog.group(id).map(|wg| {
+            g.catalog
+                .endpoint(wg.endpoint_id)
+                .map_or("", |ep| ep.api_key.as_str())
+        });
+        self.readable(g, owner, key, || format!("no workergroup {id}"))
+    }
+
+    /// Authenticated first: a missing thing (`owner` is `None`) is a 404 only to holders of a
+    /// key of this control plane; otherwise the account key or the owning endpoint's key.
+    fn readable(
+        &self,
+        g: &State,
+        owner: Option<&str>,
+        key: Option<&str>,
+        missing: impl FnOnce() -> String,
+    ) -> Result<(), ControlError> {
+        match owner {
+            None if self.authenticated(g, key) => Err(ControlError::NotFound(missing())),
+            Some(k) if secret_eq(key, &self.shared.account_key) || secret_eq(key, k) => Ok(()),
+            _ => Err(ControlError::auth()),
         }
-        Ok(())
     }
 
     /// Workers of an endpoint (account key or the endpoint's key).
