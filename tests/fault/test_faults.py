@@ -68,13 +68,9 @@ sys.path.insert(0, str(ROOT / "tests" / "peers"))
 import test_official as peers  # noqa: E402  (shared helpers: processes, HTTP, official client)
 from test_official import (  # noqa: E402
     FERRY,
-    KEY,
     _die_with_parent,
-    free_port,
-    http,
     new_endpoint,
     procs_under,
-    tail,
     vast_client,
 )
 
@@ -106,58 +102,12 @@ class FaultControl(peers.Control):
         super().__init__(name, *extra)
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f"ferry-fault-{name}-"))
-        self.port = 0
         self.nofile = nofile
-        self.starts = 0
 
     def _preexec(self) -> None:
         _die_with_parent()
         if self.nofile:
             resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
-
-    async def start(self) -> None:
-        """First start: a free port. Later starts: the same port and state dir."""
-        last = ""
-        for _ in range(3 if not self.port else 1):
-            port = self.port or free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            args = [
-                str(FERRY), "control",
-                "--listen", f"127.0.0.1:{port}",
-                "--state-dir", str(self.dir),
-                "--api-key", KEY,
-                "--autoscale-interval-ms", "200",
-                "--stop-grace-s", "2",
-                "--idle-stop-after-s", "600",
-                *self.extra,
-            ]  # fmt: skip
-            with open(self.dir / "control.log", "ab") as log:
-                log.write(f"\n===== fault-tests: start #{self.starts + 1} =====\n".encode())
-                log.flush()
-                env = {**os.environ, "FERRY_LOG": os.environ.get("FERRY_LOG", "info")}
-                self.proc = subprocess.Popen(
-                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, preexec_fn=self._preexec,
-                )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    break
-                try:
-                    status, _ = await http("GET", f"{self.url}/health", timeout=2)
-                    if status == 200:
-                        self.port = port
-                        self.starts += 1
-                        return
-                except Exception as e:  # noqa: BLE001
-                    last = repr(e)
-                await asyncio.sleep(0.05)
-            if self.proc.poll() is None:
-                raise AssertionError(f"ferry control not healthy after 30 s ({last})")
-        raise AssertionError(
-            f"ferry control exited ({self.proc.returncode if self.proc else '?'}):\n"
-            + tail(self.dir / "control.log")
-        )
 
     def sigkill(self) -> None:
         assert self.proc is not None and self.proc.poll() is None, "ferry control is not running"

@@ -196,12 +196,19 @@ class Control:
         self.dir = Path(tempfile.mkdtemp(prefix=f"ferry-peer-{name}-"))
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.port = 0
+        self.starts = 0
         self.leftovers: dict[int, str] = {}
 
+    def _preexec(self) -> None:
+        _die_with_parent()
+
     async def start(self) -> None:
+        """First start: a free port. A later start (a restart): the same port and state dir."""
         last = ""
-        for _ in range(3):  # a free port can be taken between picking and binding it
-            port = free_port()
+        # A free port can be taken between picking and binding it: try three.
+        for _ in range(3 if not self.port else 1):
+            port = self.port or free_port()
             self.url = f"http://127.0.0.1:{port}"
             args = [
                 str(FERRY), "control",
@@ -213,13 +220,14 @@ class Control:
                 "--idle-stop-after-s", "600",
                 *self.extra,
             ]  # fmt: skip
-            log = open(self.dir / "control.log", "ab")
-            env = {**os.environ, "FERRY_LOG": os.environ.get("FERRY_LOG", "info")}
-            self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=env, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-            log.close()
+            with open(self.dir / "control.log", "ab") as log:
+                log.write(f"\n===== start #{self.starts + 1} =====\n".encode())
+                log.flush()
+                env = {**os.environ, "FERRY_LOG": os.environ.get("FERRY_LOG", "info")}
+                self.proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=env, preexec_fn=self._preexec,
+                )  # fmt: skip
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -227,6 +235,8 @@ class Control:
                 try:
                     status, _ = await http("GET", f"{self.url}/health", timeout=2)
                     if status == 200:
+                        self.port = port
+                        self.starts += 1
                         return
                 except Exception as e:  # noqa: BLE001
                     last = repr(e)
