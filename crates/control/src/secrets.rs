@@ -82,6 +82,35 @@ pub fn write_private(path: &Path, secret: &str) -> Result<(), SecretsError> {
     writeln!(f, "{secret}").map_err(err(path, "writing"))
 }
 
+/// A secret value held in memory (an API key): its `Debug` prints `***` and it has no
+/// `Display`, so it cannot reach a log line or an error message by accident. The one way to
+/// read it is [`Secret::expose`], at the point where it goes on the wire.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value` (surrounding whitespace, such as a key file's newline, removed).
+    pub fn new(value: &str) -> Secret {
+        Secret(value.trim().to_owned())
+    }
+
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Removes group and other permissions from `path` if it has any.
 fn tighten(path: &Path, mode: u32) -> Result<(), SecretsError> {
     let meta = std::fs::metadata(path).map_err(err(path, "reading its mode"))?;
@@ -114,6 +143,14 @@ mod tests {
         let d = std::env::temp_dir().join(format!("ferry-secrets-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new(" key-123\n");
+        assert_eq!(s.expose(), "key-123");
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(format!("{:?}", Some(s)), "Some(***)");
     }
 
     #[test]
