@@ -11,6 +11,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::ConfigError;
+use crate::provider::vast::api::RetryPolicy;
+use crate::provider::vast::valid_plane;
+use crate::secrets::Secret;
 
 /// Arguments of `ferry control`.
 #[derive(clap::Args, Debug, Clone)]
@@ -133,6 +136,68 @@ pub struct ControlArgs {
         default_value = "75"
     )]
     pub client_idle_timeout_s: u64,
+
+    /// The Vast provider's settings.
+    #[command(flatten)]
+    pub vast: VastArgs,
+}
+
+/// Settings of the Vast provider ([`crate::provider::vast`]). It exists when an API key is
+/// given: `--vast-api-key-file` (a file holding the key, which wins when both are set) or
+/// `VAST_API_KEY`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VastArgs {
+    /// Vast API base URL.
+    #[arg(long, env = "VAST_URL", default_value = "https://console.vast.ai")]
+    pub vast_api_url: String,
+
+    /// File holding the Vast API key (keep it mode 0600). Wins over `VAST_API_KEY`.
+    #[arg(long, env = "VAST_API_KEY_FILE")]
+    pub vast_api_key_file: Option<PathBuf>,
+
+    /// Vast API key. Prefer the environment variable or the key file: a flag shows in `ps`.
+    #[arg(long, env = "VAST_API_KEY", hide_env_values = true)]
+    pub vast_api_key: Option<String>,
+
+    /// This control plane's name in its instances' labels (`ferry-<name>-<worker id>`, lower
+    /// case letters and digits), so two control planes on one Vast account never touch each
+    /// other's instances. Default: generated once and kept in `<state-dir>/vast_plane`.
+    #[arg(long, env = "FERRY_VAST_PLANE")]
+    pub vast_plane: Option<String>,
+
+    /// How often the instance list is read (one call for all instances), milliseconds.
+    #[arg(long, env = "FERRY_VAST_POLL_INTERVAL_MS", default_value = "5000")]
+    pub vast_poll_interval_ms: u64,
+
+    /// An instance not running this long after its create or resume (image pull, start) is
+    /// destroyed, its machine avoided, and the worker replaced, seconds.
+    #[arg(long, env = "FERRY_VAST_LOAD_DEADLINE_S", default_value = "900")]
+    pub vast_load_deadline_s: u64,
+
+    /// Creates one launch tries (an offer taken meanwhile, a lost answer) before it fails.
+    #[arg(long, env = "FERRY_VAST_CREATE_ATTEMPTS", default_value = "5",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub vast_create_attempts: u32,
+
+    /// How long one API operation keeps retrying through rate limits and outages, seconds.
+    #[arg(long, env = "FERRY_VAST_API_DEADLINE_S", default_value = "120")]
+    pub vast_api_deadline_s: u64,
+
+    /// First retry back-off, milliseconds (doubling, jittered, up to the maximum).
+    #[arg(long, env = "FERRY_VAST_BACKOFF_MS", default_value = "500")]
+    pub vast_backoff_ms: u64,
+
+    /// Largest retry back-off, milliseconds.
+    #[arg(long, env = "FERRY_VAST_BACKOFF_MAX_MS", default_value = "15000")]
+    pub vast_backoff_max_ms: u64,
+
+    /// One API request's timeout, seconds.
+    #[arg(long, env = "FERRY_VAST_REQUEST_TIMEOUT_S", default_value = "30")]
+    pub vast_request_timeout_s: u64,
+
+    /// How long a machine whose instance failed to load is avoided, seconds.
+    #[arg(long, env = "FERRY_VAST_BAD_MACHINE_TTL_S", default_value = "3600")]
+    pub vast_bad_machine_ttl_s: u64,
 }
 
 /// Where workers run.
@@ -140,6 +205,29 @@ pub struct ControlArgs {
 pub enum ProviderKind {
     /// Processes on this host ([`crate::provider::local`]).
     Local,
+    /// Instances rented on Vast through its REST API ([`crate::provider::vast`]).
+    Vast,
+}
+
+/// The Vast provider's validated settings.
+#[derive(Debug, Clone)]
+pub struct VastSettings {
+    /// API base URL.
+    pub api_url: String,
+    /// The key; `None`: no Vast provider.
+    pub api_key: Option<Secret>,
+    /// Label namespace; `None`: `<state-dir>/vast_plane`.
+    pub plane: Option<String>,
+    /// Instance list period.
+    pub poll_interval: Duration,
+    /// Create/resume → running deadline.
+    pub load_deadline: Duration,
+    /// Creates per launch.
+    pub create_attempts: u32,
+    /// API retries and timeouts.
+    pub retry: RetryPolicy,
+    /// How long a failed machine is avoided.
+    pub bad_machine_ttl: Duration,
 }
 
 /// The provider's settings.
@@ -204,6 +292,8 @@ pub struct Settings {
     pub signing_key_pem: Option<String>,
     /// The listener's limits: connections, header and idle timeouts.
     pub connections: ferry_serve::Limits,
+    /// The Vast provider.
+    pub vast: VastSettings,
 }
 
 impl Settings {
@@ -319,6 +409,79 @@ impl ControlArgs {
                 }
                 limits
             },
+            vast: self.vast.validate()?,
+        })
+    }
+}
+
+impl VastArgs {
+    fn validate(&self) -> Result<VastSettings, ConfigError> {
+        let url = self.vast_api_url.trim().trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "--vast-api-url",
+                "must start with http:// or https://",
+            ));
+        }
+        // The file wins: it is the deliberate choice, the variable may be inherited.
+        let api_key = match (&self.vast_api_key_file, &self.vast_api_key) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError::new(
+                        "--vast-api-key-file",
+                        format!("reading {}: {e}", path.display()),
+                    )
+                })?;
+                let key = Secret::new(&text);
+                if key.is_empty() {
+                    return Err(ConfigError::new(
+                        "--vast-api-key-file",
+                        format!("{} is empty", path.display()),
+                    ));
+                }
+                Some(key)
+            }
+            (None, Some(k)) if !k.trim().is_empty() => Some(Secret::new(k)),
+            (None, _) => None,
+        };
+        if let Some(p) = &self.vast_plane {
+            if !valid_plane(p) {
+                return Err(ConfigError::new(
+                    "--vast-plane",
+                    "must be 1 to 32 lower-case letters and digits",
+                ));
+            }
+        }
+        let ms = |v: u64, name: &'static str| {
+            if v == 0 {
+                Err(ConfigError::new(name, "must be positive"))
+            } else {
+                Ok(Duration::from_millis(v))
+            }
+        };
+        let s = |v: u64, name: &'static str| ms(v.saturating_mul(1000), name);
+        let backoff = ms(self.vast_backoff_ms, "--vast-backoff-ms")?;
+        let backoff_max = ms(self.vast_backoff_max_ms, "--vast-backoff-max-ms")?;
+        if backoff_max < backoff {
+            return Err(ConfigError::new(
+                "--vast-backoff-max-ms",
+                "must be at least --vast-backoff-ms",
+            ));
+        }
+        Ok(VastSettings {
+            api_url: url.to_owned(),
+            api_key,
+            plane: self.vast_plane.clone(),
+            poll_interval: ms(self.vast_poll_interval_ms, "--vast-poll-interval-ms")?,
+            load_deadline: s(self.vast_load_deadline_s, "--vast-load-deadline-s")?,
+            create_attempts: self.vast_create_attempts,
+            retry: RetryPolicy {
+                deadline: s(self.vast_api_deadline_s, "--vast-api-deadline-s")?,
+                initial: backoff,
+                max: backoff_max,
+                request_timeout: s(self.vast_request_timeout_s, "--vast-request-timeout-s")?,
+            },
+            bad_machine_ttl: s(self.vast_bad_machine_ttl_s, "--vast-bad-machine-ttl-s")?,
         })
     }
 }
@@ -372,7 +535,7 @@ mod tests {
     #[test]
     fn enum_and_ranged_settings_are_refused_by_name() {
         for argv in [
-            &["--provider", "vast"][..],
+            &["--provider", "cloud"][..],
             &["--key-bits", "1024"],
             &["--gateway-attempts", "0"],
         ] {
@@ -388,6 +551,43 @@ mod tests {
                     .is_err_and(|e| e.setting == argv[0]),
             };
             assert!(refused, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn vast_settings() {
+        let s = validate(&[]).unwrap();
+        assert!(s.vast.api_key.is_none() || std::env::var_os("VAST_API_KEY").is_some());
+        assert_eq!(s.vast.api_url, "https://console.vast.ai");
+        assert_eq!(s.vast.poll_interval, Duration::from_secs(5));
+        assert_eq!(s.vast.create_attempts, 5);
+        let dir = std::env::temp_dir().join(format!("ferry-vast-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let f = file.to_string_lossy().into_owned();
+        let s = validate(&["--vast-api-key", "from-flag", "--vast-api-key-file", &f]).unwrap();
+        assert_eq!(
+            s.vast.api_key.as_ref().map(Secret::expose),
+            Some("from-file")
+        );
+        assert_eq!(format!("{:?}", s.vast.api_key), "Some(***)");
+        std::fs::write(&file, "\n").unwrap();
+        let e = validate(&["--vast-api-key-file", &f]).unwrap_err();
+        assert_eq!(e.setting, "--vast-api-key-file");
+        let e = validate(&["--vast-api-key-file", "/nonexistent/ferry-key"]).unwrap_err();
+        assert_eq!(e.setting, "--vast-api-key-file");
+        std::fs::remove_dir_all(&dir).unwrap();
+        for (argv, name) in [
+            (&["--vast-api-url", "console.vast.ai"][..], "--vast-api-url"),
+            (&["--vast-plane", "Has-Caps"], "--vast-plane"),
+            (&["--vast-poll-interval-ms", "0"], "--vast-poll-interval-ms"),
+            (
+                &["--vast-backoff-ms", "900", "--vast-backoff-max-ms", "100"],
+                "--vast-backoff-max-ms",
+            ),
+        ] {
+            assert_eq!(validate(argv).unwrap_err().setting, name, "{argv:?}");
         }
     }
 

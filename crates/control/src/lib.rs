@@ -291,9 +291,11 @@ pub async fn run_cli(
         })?,
     };
     let p = &settings.provider;
-    let provider = match p.kind {
-        config::ProviderKind::Local => {
-            provider::local::LocalProvider::new(provider::local::LocalConfig {
+    secrets::private_dir(&settings.state_dir)
+        .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
+    let provider: Arc<dyn Provider> = match p.kind {
+        config::ProviderKind::Local => Arc::new(provider::local::LocalProvider::new(
+            provider::local::LocalConfig {
                 ferry_exe: exe,
                 state_dir: settings.state_dir.clone(),
                 model_cmd: p.model_cmd.clone(),
@@ -305,15 +307,42 @@ pub async fn run_cli(
                 )]
                 .into_iter()
                 .collect(),
-            })
-        }
+            },
+        )),
+        config::ProviderKind::Vast => Arc::new(vast_provider(&settings)?),
     };
-    secrets::private_dir(&settings.state_dir)
-        .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
-    let control = Control::new(settings.clone(), Arc::new(provider)).await?;
+    let control = Control::new(settings.clone(), provider).await?;
     announce_key(&control, &settings);
     run(listener, control, shutdown).await?;
     Ok(())
+}
+
+/// The Vast provider of `settings` (its key required).
+fn vast_provider(settings: &Settings) -> Result<provider::vast::VastProvider, ConfigError> {
+    let v = &settings.vast;
+    let Some(key) = v.api_key.clone() else {
+        return Err(ConfigError::new(
+            "VAST_API_KEY",
+            "the vast provider needs an API key: --vast-api-key-file or VAST_API_KEY",
+        ));
+    };
+    let plane = match &v.plane {
+        Some(p) => p.clone(),
+        None => provider::vast::plane_in(&settings.state_dir)
+            .map_err(|e| ConfigError::new("--vast-plane", e.to_string()))?,
+    };
+    provider::vast::VastProvider::new(provider::vast::VastConfig {
+        api_url: v.api_url.clone(),
+        api_key: key,
+        plane,
+        poll_interval: v.poll_interval,
+        load_deadline: v.load_deadline,
+        create_attempts: v.create_attempts,
+        retry: v.retry.clone(),
+        bad_machine_ttl: v.bad_machine_ttl,
+        backend: settings.provider.backend.clone(),
+    })
+    .map_err(|e| ConfigError::new("--provider", e.to_string()))
 }
 
 fn announce_key(control: &Control, settings: &Settings) {

@@ -215,6 +215,7 @@ impl Control {
             worker_cmd: wg.worker_cmd.clone(),
             backend: wg.backend.clone(),
             env: wg.env.clone(),
+            vast: wg.vast.clone(),
         })
     }
 }

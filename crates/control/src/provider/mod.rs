@@ -8,19 +8,21 @@
 //!   instance on this host, each with its own state directory (benchmark cache, logs) and
 //!   loopback ports, kept across stop/resume so a cold worker restarts in seconds without
 //!   re-benchmarking.
-//! - A Vast provider would map launch → `PUT /api/v0/asks/{offer}/` with the workergroup's
-//!   template, passing `REPORT_ADDR`, `CONTAINER_ID`, `MASTER_TOKEN` as env; stop/resume →
-//!   `PUT /api/v0/instances/{id}/ {"state": "stopped"|"running"}`; destroy → `DELETE`.
+//! - [`vast::VastProvider`]: instances rented from Vast through its REST API (offer search,
+//!   create, stop/resume, destroy), followed by polling the account's instance list.
 //! - A Kubernetes provider would map an instance to a pod (or a 1-replica StatefulSet, so
 //!   stop = scale to 0 keeps its volume with the benchmark cache), with the same env.
 
 pub mod local;
+pub mod vast;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
+
+pub use crate::config::ProviderKind;
 
 /// What to launch (or resume).
 #[derive(Debug, Clone)]
@@ -44,6 +46,9 @@ pub struct LaunchSpec {
     pub backend: Option<String>,
     /// Extra environment for the model server and the worker.
     pub env: BTreeMap<String, String>,
+    /// The workergroup's Vast fields as stored (`search_params`, `gpu_ram`, `template_hash`,
+    /// ...): what a provider renting machines reads.
+    pub vast: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What a provider tells the control plane.
@@ -75,6 +80,10 @@ pub struct ProviderError(pub String);
 pub trait Provider: Send + Sync + 'static {
     /// Name for logs.
     fn name(&self) -> &'static str;
+    /// The workergroups it serves (`provider` of a workergroup).
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Local
+    }
     /// Gives the provider the channel for its events; called once, before any launch.
     fn subscribe(&self, events: EventSink);
     /// Creates and starts a new instance.

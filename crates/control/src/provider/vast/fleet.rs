@@ -1,0 +1,937 @@
+//! [`Fleet`]: the Vast instances this control plane owns, by worker, and what each poll of the
+//! instance list means for them. Pure bookkeeping (no I/O), so each transition is tested here.
+//!
+//! # Labels
+//!
+//! Every instance is created with the label `ferry-<plane>-<worker id>`, where `<plane>`
+//! names this control plane (two control planes on one Vast account never touch each other's
+//! instances). The label is how an instance is found again: after a create whose answer was
+//! lost, after a restart ([`Fleet::adopt`]), and by the sweep below.
+//!
+//! # A worker's instance
+//!
+//! | Phase | Meaning | Leaves on |
+//! |---|---|---|
+//! | `Creating` | a launch is searching offers and creating | the create's answer (or the instance found by label) → `Booting` |
+//! | `Adopting` | after a restart whose instance list failed: the instance is claimed by label at the first good poll | → `Running`/`Booting`, or `Down` if none |
+//! | `Booting` | created or resumed; Vast is pulling the image and starting it | `running` → `Running` (event `Started`); down, or still loading at the load deadline → destroyed, the machine remembered as bad, `Down` (event `Exited`) |
+//! | `Running` | up | exited, stopped by Vast (an interruptible one outbid), offline, or gone → `Down` (event `Exited`; the control plane then destroys the worker) |
+//! | `Stopped` | stopped by the control plane (cold) | resume → `Booting` |
+//! | `Down` | failed; waiting for the control plane's destroy | destroy |
+//!
+//! An instance missing from [`GONE_AFTER_MISSES`] lists in a row is gone (the list can lag a
+//! create by a moment, so one miss is not enough).
+//!
+//! # Nothing leaked
+//!
+//! Once [`Fleet::adopt`] has run, every poll sweeps: an instance labelled for this control
+//! plane that is not a worker's current instance (a stray of a failed or cancelled launch, a
+//! duplicate of a create retried after a lost answer, a worker deleted meanwhile) is doomed.
+//! Doomed instances are destroyed by the poll loop, retried every poll until Vast confirms.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::api::Instance;
+use crate::provider::ProviderEvent;
+
+/// Lists in a row an instance must be missing from to count as gone.
+pub const GONE_AFTER_MISSES: u32 = 3;
+
+/// An instance and the machine it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// Instance id.
+    pub id: i64,
+    /// Machine id.
+    pub machine: Option<i64>,
+}
+
+impl Placed {
+    fn of(row: &Instance) -> Placed {
+        Placed {
+            id: row.id,
+            machine: row.machine_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Creating,
+    Adopting,
+    /// `armed`: a down status counts as a failure. A resumed instance still shows the stopped
+    /// state it is leaving until Vast picks the resume up, so it is armed only once it has been
+    /// seen loading or running.
+    Booting {
+        since: Instant,
+        armed: bool,
+    },
+    Running,
+    Stopped,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+struct Tracked {
+    /// Which launch owns the record (a destroy during a launch makes the launch's result
+    /// stale).
+    launch: u64,
+    instance: Option<Placed>,
+    phase: Phase,
+    interruptible: bool,
+    misses: u32,
+}
+
+/// What an instance row says, for the provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    /// Running as asked.
+    Running,
+    /// Being created, scheduled, pulled or started.
+    Loading,
+    /// Not running and not about to: exited, stopped (by Vast), offline; with why.
+    Down(String),
+}
+
+/// Reads an instance row.
+pub fn seen(r: &Instance) -> Seen {
+    let actual = r.actual_status.as_deref().unwrap_or("").trim();
+    let intended = r.intended_status.as_deref().unwrap_or("running").trim();
+    let msg = r
+        .status_msg
+        .as_deref()
+        .map(str::trim)
+        .filter(|m| !m.is_empty());
+    let down = |what: &str| {
+        Seen::Down(match msg {
+            Some(m) => format!("{what} ({m})"),
+            None => what.to_owned(),
+        })
+    };
+    match actual {
+        "running" if intended != "stopped" => Seen::Running,
+        "exited" | "stopped" | "offline" | "failed" | "error" | "destroyed" => {
+            down(&format!("status {actual}"))
+        }
+        _ if intended == "stopped" => down(&format!("status {actual}, stopping")),
+        _ => Seen::Loading,
+    }
+}
+
+/// What a resume does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeTarget {
+    /// Start this stopped instance again.
+    Restart(i64),
+    /// It is already up (or coming up).
+    AlreadyUp,
+    /// No instance to restart: launch a new one.
+    Fresh,
+}
+
+/// Time limits the poll applies.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// An instance not running this long after its create or resume is given up.
+    pub load_deadline: Duration,
+    /// How long a machine that failed stays avoided.
+    pub bad_machine_ttl: Duration,
+}
+
+/// What a poll found to do besides destroying.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reconciled {
+    /// Events for the control plane.
+    pub events: Vec<ProviderEvent>,
+    /// Instances whose label is not ours to set again: `(instance, label)`.
+    pub relabel: Vec<(i64, String)>,
+}
+
+/// The instances this control plane owns (see the module docs).
+#[derive(Debug)]
+pub struct Fleet {
+    prefix: String,
+    workers: HashMap<i64, Tracked>,
+    doomed: BTreeMap<i64, String>,
+    bad_machines: HashMap<i64, Instant>,
+    next_launch: u64,
+    sweeping: bool,
+}
+
+impl Fleet {
+    /// An empty fleet of the control plane named `plane`.
+    pub fn new(plane: &str) -> Fleet {
+        Fleet {
+            prefix: format!("ferry-{plane}-"),
+            workers: HashMap::new(),
+            doomed: BTreeMap::new(),
+            bad_machines: HashMap::new(),
+            next_launch: 1,
+            sweeping: false,
+        }
+    }
+
+    /// A worker's instance label.
+    pub fn label(&self, worker: i64) -> String {
+        format!("{}{worker}", self.prefix)
+    }
+
+    fn worker_of(&self, label: Option<&str>) -> Option<i64> {
+        label?.strip_prefix(&self.prefix)?.parse().ok()
+    }
+
+    /// A launch begins: its number, or `None` if the worker has an instance or a launch
+    /// already.
+    pub fn begin(&mut self, worker: i64, interruptible: bool) -> Option<u64> {
+        if let Some(t) = self.workers.get(&worker) {
+            if t.instance.is_some() || matches!(t.phase, Phase::Creating | Phase::Adopting) {
+                return None;
+            }
+        }
+        let launch = self.next_launch;
+        self.next_launch += 1;
+        self.workers.insert(
+            worker,
+            Tracked {
+                launch,
+                instance: None,
+                phase: Phase::Creating,
+                interruptible,
+                misses: 0,
+            },
+        );
+        Some(launch)
+    }
+
+    /// Whether `launch` still owns the worker (it was not destroyed meanwhile).
+    pub fn current(&self, worker: i64, launch: u64) -> bool {
+        self.workers
+            .get(&worker)
+            .is_some_and(|t| t.launch == launch)
+    }
+
+    /// The launch created `placed`. `false`: the worker was destroyed meanwhile, and the
+    /// instance is doomed.
+    pub fn placed(&mut self, worker: i64, launch: u64, placed: Placed, now: Instant) -> bool {
+        match self.workers.get_mut(&worker) {
+            Some(t) if t.launch == launch => {
+                t.instance = Some(placed);
+                t.phase = Phase::Booting {
+                    since: now,
+                    armed: true,
+                };
+                t.misses = 0;
+                true
+            }
+            _ => {
+                self.doom(
+                    placed.id,
+                    "its worker was destroyed while it was being created",
+                );
+                false
+            }
+        }
+    }
+
+    /// The launch failed: forget the worker (an instance that shows up for it later is swept).
+    pub fn abandon(&mut self, worker: i64, launch: u64) {
+        if self.current(worker, launch) {
+            self.workers.remove(&worker);
+        }
+    }
+
+    /// Forgets a worker (destroy): its instance, if any, is doomed and returned.
+    pub fn remove(&mut self, worker: i64, why: &str) -> Option<Placed> {
+        let p = self.workers.remove(&worker)?.instance?;
+        self.doom(p.id, why);
+        Some(p)
+    }
+
+    /// The worker's instance.
+    pub fn instance(&self, worker: i64) -> Option<i64> {
+        self.workers.get(&worker)?.instance.map(|p| p.id)
+    }
+
+    /// The control plane stopped the worker's instance.
+    pub fn stopped(&mut self, worker: i64) {
+        if let Some(t) = self.workers.get_mut(&worker) {
+            t.phase = Phase::Stopped;
+        }
+    }
+
+    /// The worker's instance is gone (Vast answered 404): a resume launches a new one.
+    pub fn lost(&mut self, worker: i64) {
+        if let Some(t) = self.workers.get_mut(&worker) {
+            t.instance = None;
+            t.phase = Phase::Stopped;
+        }
+    }
+
+    /// What resuming the worker takes.
+    pub fn resume_target(&self, worker: i64) -> ResumeTarget {
+        match self.workers.get(&worker) {
+            Some(Tracked {
+                instance: Some(p),
+                phase: Phase::Stopped | Phase::Down,
+                ..
+            }) => ResumeTarget::Restart(p.id),
+            Some(Tracked {
+                instance: Some(_), ..
+            })
+            | Some(Tracked {
+                phase: Phase::Creating | Phase::Adopting,
+                ..
+            }) => ResumeTarget::AlreadyUp,
+            _ => ResumeTarget::Fresh,
+        }
+    }
+
+    /// The worker's stopped instance was asked to run again.
+    pub fn resumed(&mut self, worker: i64, now: Instant) {
+        if let Some(t) = self.workers.get_mut(&worker) {
+            t.phase = Phase::Booting {
+                since: now,
+                armed: false,
+            };
+            t.misses = 0;
+        }
+    }
+
+    /// Drops a worker without an instance (before a fresh launch replaces its record).
+    pub fn forget(&mut self, worker: i64) {
+        if self
+            .workers
+            .get(&worker)
+            .is_some_and(|t| t.instance.is_none())
+        {
+            self.workers.remove(&worker);
+        }
+    }
+
+    /// Marks an instance for destruction.
+    pub fn doom(&mut self, instance: i64, why: &str) {
+        self.doomed
+            .entry(instance)
+            .or_insert_with(|| why.to_owned());
+    }
+
+    /// Instances to destroy, with why.
+    pub fn doomed(&self) -> Vec<(i64, String)> {
+        self.doomed
+            .iter()
+            .map(|(id, why)| (*id, why.clone()))
+            .collect()
+    }
+
+    /// Vast confirmed the destroy.
+    pub fn destroyed(&mut self, instance: i64) {
+        self.doomed.remove(&instance);
+    }
+
+    /// Machines to avoid now.
+    pub fn bad_machines(&mut self, now: Instant) -> HashSet<i64> {
+        self.bad_machines.retain(|_, until| *until > now);
+        self.bad_machines.keys().copied().collect()
+    }
+
+    fn mark_bad(&mut self, machine: Option<i64>, until: Instant) {
+        if let Some(m) = machine {
+            self.bad_machines.insert(m, until);
+        }
+    }
+
+    /// Number of workers with an instance or a launch.
+    pub fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    /// The row labelled for `worker` that a lost create may have made (not doomed; the
+    /// lowest id if several).
+    pub fn find(&self, rows: &[Instance], worker: i64) -> Option<Placed> {
+        rows.iter()
+            .filter(|r| self.worker_of(r.label.as_deref()) == Some(worker))
+            .filter(|r| !self.doomed.contains_key(&r.id))
+            .min_by_key(|r| r.id)
+            .map(Placed::of)
+    }
+
+    /// After a restart: takes back the instances of `wanted` workers that are up, keeps those
+    /// that are stopped or down as stopped (not returned: the control plane records them as
+    /// stopped and a resume starts them again), dooms every other instance of this control
+    /// plane, and starts sweeping. Returns the workers taken back.
+    pub fn adopt(&mut self, rows: &[Instance], wanted: &[i64], now: Instant) -> Vec<i64> {
+        self.sweeping = true;
+        let wanted: HashSet<i64> = wanted.iter().copied().collect();
+        let mut by_worker: BTreeMap<i64, Vec<&Instance>> = BTreeMap::new();
+        for r in rows {
+            if let Some(w) = self.worker_of(r.label.as_deref()) {
+                by_worker.entry(w).or_default().push(r);
+            }
+        }
+        let mut adopted = Vec::new();
+        for (worker, mut rows) in by_worker {
+            if !wanted.contains(&worker) || self.workers.contains_key(&worker) {
+                for r in rows {
+                    self.doom(
+                        r.id,
+                        "left by an earlier run for a worker that is no longer up",
+                    );
+                }
+                continue;
+            }
+            rows.sort_by_key(|r| (rank(&seen(r)), r.id));
+            let mut rest = rows.into_iter();
+            let Some(best) = rest.next() else { continue };
+            for r in rest {
+                self.doom(r.id, "a second instance of one worker");
+            }
+            let phase = match seen(best) {
+                Seen::Running => Phase::Running,
+                Seen::Loading => Phase::Booting {
+                    since: now,
+                    armed: true,
+                },
+                Seen::Down(_) => Phase::Stopped,
+            };
+            if phase != Phase::Stopped {
+                adopted.push(worker);
+            }
+            self.workers.insert(
+                worker,
+                Tracked {
+                    launch: 0,
+                    instance: Some(Placed::of(best)),
+                    phase,
+                    interruptible: false,
+                    misses: 0,
+                },
+            );
+        }
+        adopted.sort_unstable();
+        adopted
+    }
+
+    /// After a restart whose instance list failed: takes back every `wanted` worker on
+    /// trust, to be matched with its instance at the first good poll. Starts sweeping.
+    pub fn adopt_blind(&mut self, wanted: &[i64]) -> Vec<i64> {
+        self.sweeping = true;
+        for w in wanted {
+            self.workers.entry(*w).or_insert(Tracked {
+                launch: 0,
+                instance: None,
+                phase: Phase::Adopting,
+                interruptible: false,
+                misses: 0,
+            });
+        }
+        wanted.to_vec()
+    }
+
+    /// One poll: what the instance list says about each worker's instance (see the module
+    /// docs), and the sweep. New dooms are read with [`Fleet::doomed`].
+    pub fn reconcile(&mut self, rows: &[Instance], now: Instant, limits: Limits) -> Reconciled {
+        let mut out = Reconciled::default();
+        let by_id: HashMap<i64, &Instance> = rows.iter().map(|r| (r.id, r)).collect();
+        let mut ours: BTreeMap<i64, Vec<&Instance>> = BTreeMap::new();
+        for r in rows {
+            if let Some(w) = self.worker_of(r.label.as_deref()) {
+                ours.entry(w).or_default().push(r);
+            }
+        }
+        let bad_until = now + limits.bad_machine_ttl;
+        let mut dooms: Vec<(i64, String)> = Vec::new();
+        let mut bad: Vec<Option<i64>> = Vec::new();
+        let mut ids: Vec<i64> = self.workers.keys().copied().collect();
+        ids.sort_unstable();
+        for worker in ids {
+            let label = self.label(worker);
+            let Some(t) = self.workers.get_mut(&worker) else {
+                continue;
+            };
+            if t.phase == Phase::Adopting {
+                let best = ours.get(&worker).and_then(|rs| {
+                    rs.iter()
+                        .filter(|r| !self.doomed.contains_key(&r.id))
+                        .min_by_key(|r| (rank(&seen(r)), r.id))
+                });
+                match best {
+                    Some(r) => {
+                        t.instance = Some(Placed::of(r));
+                        t.phase = match seen(r) {
+                            Seen::Running => Phase::Running,
+                            Seen::Loading => Phase::Booting {
+                                since: now,
+                                armed: true,
+                            },
+                            Seen::Down(why) => {
+                                out.events.push(ProviderEvent::Exited {
+                                    worker_id: worker,
+                                    reason: format!(
+                                        "Vast instance {} was down after the restart: {why}",
+                                        r.id
+                                    ),
+                                });
+                                Phase::Down
+                            }
+                        };
+                    }
+                    None => {
+                        out.events.push(ProviderEvent::Exited {
+                            worker_id: worker,
+                            reason: "no Vast instance found for it after the restart".into(),
+                        });
+                        t.phase = Phase::Down;
+                    }
+                }
+                continue;
+            }
+            let Some(p) = t.instance else { continue };
+            let Some(row) = by_id.get(&p.id) else {
+                t.misses += 1;
+                if t.misses >= GONE_AFTER_MISSES {
+                    if matches!(t.phase, Phase::Booting { .. } | Phase::Running) {
+                        out.events.push(ProviderEvent::Exited {
+                            worker_id: worker,
+                            reason: format!("Vast instance {} is gone from the account", p.id),
+                        });
+                    }
+                    t.instance = None;
+                    if t.phase != Phase::Stopped {
+                        t.phase = Phase::Down;
+                    }
+                }
+                continue;
+            };
+            t.misses = 0;
+            if row.label.as_deref() != Some(label.as_str()) {
+                out.relabel.push((p.id, label));
+            }
+            let what = seen(row);
+            match (t.phase, what) {
+                (Phase::Booting { .. }, Seen::Running) => {
+                    t.phase = Phase::Running;
+                    out.events
+                        .push(ProviderEvent::Started { worker_id: worker });
+                }
+                (Phase::Booting { since, .. }, Seen::Loading)
+                    if now.duration_since(since) >= limits.load_deadline =>
+                {
+                    let reason = format!(
+                        "Vast instance {} did not finish loading within {}s{}; destroyed",
+                        p.id,
+                        limits.load_deadline.as_secs(),
+                        on_machine(p.machine)
+                    );
+                    dooms.push((p.id, "did not finish loading in time".into()));
+                    bad.push(p.machine);
+                    out.events.push(ProviderEvent::Exited {
+                        worker_id: worker,
+                        reason,
+                    });
+                    t.instance = None;
+                    t.phase = Phase::Down;
+                }
+                (
+                    Phase::Booting {
+                        since,
+                        armed: false,
+                    },
+                    Seen::Loading,
+                ) => {
+                    t.phase = Phase::Booting { since, armed: true };
+                }
+                (
+                    Phase::Booting {
+                        since,
+                        armed: false,
+                    },
+                    Seen::Down(_),
+                ) if now.duration_since(since) < limits.load_deadline => {}
+                (Phase::Booting { .. }, Seen::Down(why)) => {
+                    dooms.push((p.id, "failed while loading".into()));
+                    bad.push(p.machine);
+                    out.events.push(ProviderEvent::Exited {
+                        worker_id: worker,
+                        reason: format!(
+                            "Vast instance {} failed while loading{}: {why}; destroyed",
+                            p.id,
+                            on_machine(p.machine)
+                        ),
+                    });
+                    t.instance = None;
+                    t.phase = Phase::Down;
+                }
+                (Phase::Running, Seen::Down(why)) => {
+                    let reason = if t.interruptible {
+                        format!(
+                            "interruptible Vast instance {} was stopped by Vast \
+                             (outbid or preempted): {why}",
+                            p.id
+                        )
+                    } else {
+                        format!("Vast instance {} stopped on its own: {why}", p.id)
+                    };
+                    out.events.push(ProviderEvent::Exited {
+                        worker_id: worker,
+                        reason,
+                    });
+                    t.phase = Phase::Down;
+                }
+                _ => {}
+            }
+        }
+        for (id, why) in dooms {
+            self.doom(id, &why);
+        }
+        for m in bad {
+            self.mark_bad(m, bad_until);
+        }
+        if self.sweeping {
+            for (worker, rows) in &ours {
+                for r in rows {
+                    if self.doomed.contains_key(&r.id) {
+                        continue;
+                    }
+                    let why = match self.workers.get(worker) {
+                        None => "no worker of this control plane has it",
+                        Some(t) => match t.instance {
+                            Some(p) if p.id == r.id => continue,
+                            Some(_) => "a second instance of one worker",
+                            None if matches!(t.phase, Phase::Creating | Phase::Adopting) => {
+                                continue
+                            }
+                            None => "its worker has no instance",
+                        },
+                    };
+                    self.doomed.insert(r.id, why.to_owned());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Running instances first, then loading ones.
+fn rank(s: &Seen) -> u8 {
+    match s {
+        Seen::Running => 0,
+        Seen::Loading => 1,
+        Seen::Down(_) => 2,
+    }
+}
+
+fn on_machine(m: Option<i64>) -> String {
+    m.map(|m| format!(" on machine {m}")).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        load_deadline: Duration::from_secs(60),
+        bad_machine_ttl: Duration::from_secs(600),
+    };
+
+    fn row(id: i64, label: &str, actual: &str, intended: &str) -> Instance {
+        Instance {
+            id,
+            machine_id: Some(id * 10),
+            actual_status: Some(actual.into()),
+            intended_status: Some(intended.into()),
+            status_msg: None,
+            label: Some(label.into()),
+        }
+    }
+
+    fn events(r: &Reconciled) -> Vec<String> {
+        r.events
+            .iter()
+            .map(|e| match e {
+                ProviderEvent::Started { worker_id } => format!("started {worker_id}"),
+                ProviderEvent::Exited { worker_id, reason } => {
+                    format!("exited {worker_id}: {reason}")
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn statuses_read_as_running_loading_or_down() {
+        let r = |a: &str, i: &str| seen(&row(1, "x", a, i));
+        assert_eq!(r("running", "running"), Seen::Running);
+        assert_eq!(r("loading", "running"), Seen::Loading);
+        assert_eq!(r("created", "running"), Seen::Loading);
+        assert_eq!(r("", "running"), Seen::Loading);
+        assert!(matches!(r("exited", "running"), Seen::Down(w) if w.contains("exited")));
+        assert!(matches!(r("running", "stopped"), Seen::Down(w) if w.contains("stopping")));
+        assert!(matches!(r("offline", "running"), Seen::Down(_)));
+        let mut x = row(1, "x", "exited", "stopped");
+        x.status_msg = Some("outbid ".into());
+        assert_eq!(seen(&x), Seen::Down("status exited (outbid)".into()));
+    }
+
+    #[test]
+    fn a_launch_boots_runs_and_dies_with_events() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p1");
+        let l = f.begin(7, true).unwrap();
+        assert_eq!(f.begin(7, true), None, "one launch per worker");
+        assert!(f.placed(
+            7,
+            l,
+            Placed {
+                id: 70,
+                machine: Some(700)
+            },
+            t0
+        ));
+        let lbl = f.label(7);
+        assert_eq!(lbl, "ferry-p1-7");
+        let r = f.reconcile(&[row(70, &lbl, "loading", "running")], t0, LIMITS);
+        assert!(r.events.is_empty());
+        let r = f.reconcile(&[row(70, &lbl, "running", "running")], t0, LIMITS);
+        assert_eq!(events(&r), ["started 7"]);
+        let r = f.reconcile(&[row(70, &lbl, "running", "running")], t0, LIMITS);
+        assert!(r.events.is_empty(), "started once");
+        let r = f.reconcile(&[row(70, &lbl, "exited", "stopped")], t0, LIMITS);
+        assert_eq!(events(&r).len(), 1);
+        assert!(
+            events(&r)[0].contains("outbid or preempted"),
+            "{:?}",
+            events(&r)
+        );
+        // The control plane destroys it.
+        assert_eq!(f.remove(7, "destroyed").map(|p| p.id), Some(70));
+        assert_eq!(f.doomed().len(), 1);
+        f.destroyed(70);
+        assert!(f.doomed().is_empty() && f.is_empty());
+    }
+
+    #[test]
+    fn a_slow_or_failed_boot_is_destroyed_and_its_machine_avoided() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let l = f.begin(1, false).unwrap();
+        f.placed(
+            1,
+            l,
+            Placed {
+                id: 10,
+                machine: Some(100),
+            },
+            t0,
+        );
+        let loading = [row(10, "ferry-p-1", "loading", "running")];
+        assert!(f
+            .reconcile(&loading, t0 + Duration::from_secs(59), LIMITS)
+            .events
+            .is_empty());
+        let r = f.reconcile(&loading, t0 + Duration::from_secs(60), LIMITS);
+        assert!(events(&r)[0].contains("did not finish loading within 60s on machine 100"));
+        assert_eq!(f.doomed()[0].0, 10);
+        assert_eq!(f.bad_machines(t0), HashSet::from([100]));
+        assert!(f.bad_machines(t0 + Duration::from_secs(661)).is_empty());
+        // The worker keeps no instance; its row is already doomed, so the sweep adds nothing.
+        assert_eq!(f.instance(1), None);
+
+        let l = f.begin(2, false).unwrap();
+        f.placed(
+            2,
+            l,
+            Placed {
+                id: 20,
+                machine: Some(200),
+            },
+            t0,
+        );
+        let r = f.reconcile(&[row(20, "ferry-p-2", "exited", "running")], t0, LIMITS);
+        assert!(
+            events(&r)[0].contains("failed while loading on machine 200"),
+            "{r:?}"
+        );
+        assert!(f.doomed().iter().any(|(id, _)| *id == 20));
+        assert!(f.bad_machines(t0).contains(&200));
+    }
+
+    #[test]
+    fn a_resume_waits_for_vast_to_pick_it_up() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let l = f.begin(1, false).unwrap();
+        f.placed(
+            1,
+            l,
+            Placed {
+                id: 10,
+                machine: None,
+            },
+            t0,
+        );
+        f.reconcile(&[row(10, "ferry-p-1", "running", "running")], t0, LIMITS);
+        f.stopped(1);
+        let exited = [row(10, "ferry-p-1", "exited", "stopped")];
+        assert!(
+            f.reconcile(&exited, t0, LIMITS).events.is_empty(),
+            "stopped on purpose"
+        );
+        assert_eq!(f.resume_target(1), ResumeTarget::Restart(10));
+        f.resumed(1, t0);
+        // Still showing the stopped state it leaves: not a failure.
+        let leaving = [row(10, "ferry-p-1", "exited", "running")];
+        assert!(f.reconcile(&leaving, t0, LIMITS).events.is_empty());
+        f.reconcile(&[row(10, "ferry-p-1", "loading", "running")], t0, LIMITS);
+        // Seen loading: now a down status is a failure.
+        let r = f.reconcile(&leaving, t0, LIMITS);
+        assert!(events(&r)[0].contains("failed while loading"));
+        assert_eq!(f.resume_target(1), ResumeTarget::Fresh);
+        assert_eq!(f.resume_target(99), ResumeTarget::Fresh);
+    }
+
+    #[test]
+    fn a_vanished_instance_counts_after_several_misses() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let l = f.begin(1, false).unwrap();
+        f.placed(
+            1,
+            l,
+            Placed {
+                id: 10,
+                machine: None,
+            },
+            t0,
+        );
+        for _ in 1..GONE_AFTER_MISSES {
+            assert!(f.reconcile(&[], t0, LIMITS).events.is_empty());
+        }
+        let r = f.reconcile(&[], t0, LIMITS);
+        assert!(events(&r)[0].contains("gone from the account"));
+        assert_eq!(f.resume_target(1), ResumeTarget::Fresh);
+    }
+
+    #[test]
+    fn a_destroy_during_a_launch_dooms_what_it_creates() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let l = f.begin(1, false).unwrap();
+        assert!(f.current(1, l));
+        assert_eq!(f.remove(1, "destroyed"), None);
+        assert!(!f.current(1, l));
+        assert!(!f.placed(
+            1,
+            l,
+            Placed {
+                id: 10,
+                machine: None
+            },
+            t0
+        ));
+        assert_eq!(f.doomed()[0].0, 10);
+    }
+
+    #[test]
+    fn the_sweep_dooms_strays_and_duplicates_but_not_launches_in_flight() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let rows = [
+            row(1, "ferry-p-1", "running", "running"),
+            row(2, "ferry-p-1", "loading", "running"),
+            row(3, "ferry-p-2", "running", "running"),
+            row(4, "ferry-p-3", "running", "running"),
+            row(5, "ferry-other-3", "running", "running"),
+            row(6, "my own box", "running", "running"),
+        ];
+        assert_eq!(f.adopt(&rows, &[1, 3, 9], t0), vec![1, 3]);
+        let mut doomed: Vec<i64> = f.doomed().iter().map(|d| d.0).collect();
+        doomed.sort_unstable();
+        assert_eq!(doomed, vec![2, 3], "the duplicate of 1, and 2 no longer up");
+        assert_eq!(f.instance(1), Some(1));
+        assert_eq!(f.instance(3), Some(4));
+        for id in [2, 3] {
+            f.destroyed(id);
+        }
+        // A launch in flight: its row is left alone until the create answers.
+        let l = f.begin(5, false).unwrap();
+        let mut rows = vec![
+            row(1, "ferry-p-1", "running", "running"),
+            row(4, "ferry-p-3", "running", "running"),
+            row(7, "ferry-p-5", "loading", "running"),
+            row(8, "ferry-p-6", "loading", "running"),
+        ];
+        f.reconcile(&rows, t0, LIMITS);
+        assert_eq!(f.doomed().iter().map(|d| d.0).collect::<Vec<_>>(), vec![8]);
+        assert_eq!(
+            f.find(&rows, 5),
+            Some(Placed {
+                id: 7,
+                machine: Some(70)
+            })
+        );
+        // Its create was retried after a lost answer: the first one is a duplicate.
+        f.placed(
+            5,
+            l,
+            Placed {
+                id: 9,
+                machine: None,
+            },
+            t0,
+        );
+        rows.push(row(9, "ferry-p-5", "loading", "running"));
+        f.reconcile(&rows, t0, LIMITS);
+        let doomed: Vec<i64> = f.doomed().iter().map(|d| d.0).collect();
+        assert_eq!(doomed, vec![7, 8]);
+    }
+
+    #[test]
+    fn adoption_keeps_down_instances_stopped_and_claims_blind_ones_later() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let rows = [
+            row(1, "ferry-p-1", "exited", "stopped"),
+            row(2, "ferry-p-2", "loading", "running"),
+        ];
+        assert_eq!(f.adopt(&rows, &[1, 2], t0), vec![2]);
+        assert_eq!(f.resume_target(1), ResumeTarget::Restart(1));
+        assert!(f.doomed().is_empty());
+
+        let mut g = Fleet::new("p");
+        assert_eq!(g.adopt_blind(&[1, 2]), vec![1, 2]);
+        let r = g.reconcile(&[row(5, "ferry-p-1", "running", "running")], t0, LIMITS);
+        assert_eq!(
+            events(&r),
+            ["exited 2: no Vast instance found for it after the restart"]
+        );
+        assert_eq!(g.instance(1), Some(5));
+        assert!(g.doomed().is_empty());
+    }
+
+    #[test]
+    fn a_wrong_label_is_set_again() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        let l = f.begin(1, false).unwrap();
+        f.placed(
+            1,
+            l,
+            Placed {
+                id: 10,
+                machine: None,
+            },
+            t0,
+        );
+        let mut r = row(10, "", "loading", "running");
+        r.label = None;
+        let out = f.reconcile(&[r], t0, LIMITS);
+        assert_eq!(out.relabel, vec![(10, "ferry-p-1".to_owned())]);
+    }
+}
