@@ -612,9 +612,23 @@ impl Registry {
         });
     }
 
-    /// The instance died on its own: a coming or ready worker becomes `error`.
+    /// The instance died on its own: a coming or ready worker becomes `error`. One already
+    /// in `error` (its worker reported its own shutdown first) gets the provider's reason in
+    /// front of its message: the provider knows why (outbid, host gone), the worker only
+    /// that it was told to stop.
     pub fn exited(&mut self, id: i64, reason: String, mono: f64, store: &dyn Store) {
         self.update(id, store, |w| {
+            if w.state == WorkerState::Error {
+                if w.error_msg.contains(&reason) {
+                    return false;
+                }
+                w.error_msg = if w.error_msg.is_empty() {
+                    reason
+                } else {
+                    format!("{reason} (the worker said: {})", w.error_msg)
+                };
+                return true;
+            }
             if !(w.state.is_coming() || w.state == WorkerState::Idle) {
                 return false;
             }
@@ -814,6 +828,26 @@ mod tests {
         w.set_state(WorkerState::Stopping, 4.0);
         assert!(!w.apply_status(&status(2.0, 50.0, ""), 5.0, 5.0));
         assert_eq!(w.state, WorkerState::Stopping);
+    }
+
+    #[test]
+    fn a_provider_reason_heads_a_dead_workers_own_message() {
+        let s = crate::store::memory::MemoryStore::default();
+        let mut r = Registry::restore(&s.loaded());
+        let id = r.create(1, 2, "tok".into(), 0.0, 0.0, &s);
+        let mut st = status(2.0, 50.0, "Worker shutting down");
+        st.id = id;
+        st.mtoken = "tok".into();
+        r.report(&st, 1.0, 1.0, &s).unwrap();
+        assert_eq!(r.get(id).unwrap().state(), WorkerState::Error);
+        r.exited(id, "outbid".into(), 2.0, &s);
+        r.exited(id, "outbid".into(), 3.0, &s);
+        let w = r.get(id).unwrap();
+        assert_eq!(
+            w.error_msg(),
+            "outbid (the worker said: Worker shutting down)"
+        );
+        assert_eq!(w.state_since(), 1.0, "still the same error, held as long");
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod inproc;
 mod inputs;
 mod local;
 mod rollout;
+mod vast;

@@ -191,9 +191,22 @@ impl Api {
         policy: RetryPolicy,
         cancel: CancellationToken,
     ) -> Result<Api, ApiError> {
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .user_agent(concat!("ferry-control/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(policy.request_timeout.min(Duration::from_secs(10)))
+            .connect_timeout(policy.request_timeout.min(Duration::from_secs(10)));
+        // An emulator on this host is never behind the environment's proxy.
+        let loopback = reqwest::Url::parse(base).ok().is_some_and(|u| {
+            let host = u.host_str().unwrap_or("");
+            host == "localhost"
+                || host
+                    .trim_matches(|c| c == '[' || c == ']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        if loopback {
+            http = http.no_proxy();
+        }
+        let http = http
             .build()
             .map_err(|e| ApiError::Unavailable(format!("building the HTTP client: {e}")))?;
         Ok(Api {

@@ -157,6 +157,9 @@ pub struct Fleet {
     workers: HashMap<i64, Tracked>,
     doomed: BTreeMap<i64, String>,
     bad_machines: HashMap<i64, Instant>,
+    /// Offers a launch is creating on right now: concurrent launches of one group try other
+    /// offers first instead of racing for the cheapest.
+    claimed: HashSet<i64>,
     next_launch: u64,
     sweeping: bool,
 }
@@ -169,6 +172,7 @@ impl Fleet {
             workers: HashMap::new(),
             doomed: BTreeMap::new(),
             bad_machines: HashMap::new(),
+            claimed: HashSet::new(),
             next_launch: 1,
             sweeping: false,
         }
@@ -341,6 +345,20 @@ impl Fleet {
         if let Some(m) = machine {
             self.bad_machines.insert(m, until);
         }
+    }
+
+    /// Orders `offers` (cheapest first) so that offers another launch is creating on come
+    /// last, and claims the first.
+    pub fn claim_first(&mut self, offers: &mut [super::api::Offer]) -> Option<i64> {
+        offers.sort_by_key(|o| self.claimed.contains(&o.id));
+        let first = offers.first()?.id;
+        self.claimed.insert(first);
+        Some(first)
+    }
+
+    /// The create on `offer` has answered.
+    pub fn release(&mut self, offer: i64) {
+        self.claimed.remove(&offer);
     }
 
     /// Number of workers with an instance or a launch.
@@ -913,6 +931,27 @@ mod tests {
         );
         assert_eq!(g.instance(1), Some(5));
         assert!(g.doomed().is_empty());
+    }
+
+    #[test]
+    fn concurrent_launches_spread_over_offers() {
+        let mut f = Fleet::new("p");
+        let offer = |id| super::super::api::Offer {
+            id,
+            machine_id: None,
+            dph_total: Some(id as f64),
+            min_bid: None,
+            gpu_name: None,
+        };
+        let mut a = vec![offer(1), offer(2), offer(3)];
+        assert_eq!(f.claim_first(&mut a), Some(1));
+        let mut b = vec![offer(1), offer(2), offer(3)];
+        assert_eq!(f.claim_first(&mut b), Some(2));
+        assert_eq!(b.iter().map(|o| o.id).collect::<Vec<_>>(), vec![2, 3, 1]);
+        f.release(1);
+        let mut c = vec![offer(1), offer(2)];
+        assert_eq!(f.claim_first(&mut c), Some(1));
+        assert_eq!(f.claim_first(&mut []), None);
     }
 
     #[test]

@@ -362,13 +362,15 @@ impl Inner {
                     format!("no Vast offer left to try after {attempts} create(s); last: {last}")
                 }));
             }
-            for offer in candidates {
-                if attempts >= max {
-                    break;
-                }
+            let mut candidates = candidates;
+            while attempts < max && !candidates.is_empty() {
                 if !self.fleet().current(worker, launch) {
                     return Err(gone());
                 }
+                let Some(claimed) = self.fleet().claim_first(&mut candidates) else {
+                    break;
+                };
+                let offer = candidates.remove(0);
                 attempts += 1;
                 let price = group.search.price(&offer);
                 let body = group.create_body(&env, &label, price);
@@ -380,7 +382,9 @@ impl Inner {
                     gpu = offer.gpu_name.as_deref(),
                     "creating a Vast instance"
                 );
-                match self.api.create(offer.id, &body).await {
+                let created = self.api.create(offer.id, &body).await;
+                self.fleet().release(claimed);
+                match created {
                     Ok(id) => {
                         return Ok(Placed {
                             id,
