@@ -2,7 +2,7 @@
 # Separate "hosts" on one machine: network namespaces joined by a bridge, for tests that need
 # a real network between the control plane and its workers (partitions, unreachable hosts).
 #
-#   scripts/netns.sh up [--hosts N] [--owner PID]   create a run; prints its variables
+#   scripts/netns.sh up [--hosts N] [--owner PID]   create a run; prints its variables (for eval)
 #   scripts/netns.sh run [--hosts N] -- CMD...      up, run CMD with the variables exported,
 #                                                   down on exit (also on a signal)
 #   scripts/netns.sh down PREFIX                    remove one run (its processes first)
@@ -141,7 +141,7 @@ cmd_up() {
     done
     trap - ERR
     echo "FERRY_NETNS_PREFIX=$prefix"
-    echo "FERRY_NETNS_HOSTS=${hosts[*]}"
+    echo "FERRY_NETNS_HOSTS='${hosts[*]}'"
     for i in "${!hosts[@]}"; do
         local up
         up=$(echo "${hosts[$i]}" | tr '[:lower:]' '[:upper:]')
@@ -223,7 +223,7 @@ cmd_run() {
     RUN_PREFIX=$(echo "$vars" | sed -n 's/^FERRY_NETNS_PREFIX=//p')
     trap 'cmd_down "$RUN_PREFIX"' EXIT
     local line
-    while IFS= read -r line; do export "${line?}"; done <<<"$vars"
+    while IFS= read -r line; do eval "export $line"; done <<<"$vars"
     # In the background so that a signal is handled at once (bash runs traps only between
     # foreground commands); stdin passed on explicitly (a background job would get /dev/null).
     "$@" <&0 &
