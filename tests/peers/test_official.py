@@ -196,6 +196,8 @@ class Control:
         self.dir = Path(tempfile.mkdtemp(prefix=f"ferry-peer-{name}-"))
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        # The address to listen on; the fleet suite sets its namespace's address.
+        self.host = "127.0.0.1"
         self.port = 0
         self.starts = 0
         self.leftovers: dict[int, str] = {}
@@ -209,10 +211,10 @@ class Control:
         # A free port can be taken between picking and binding it: try three.
         for _ in range(3 if not self.port else 1):
             port = self.port or free_port()
-            self.url = f"http://127.0.0.1:{port}"
+            self.url = f"http://{self.host}:{port}"
             args = [
                 str(FERRY), "control",
-                "--listen", f"127.0.0.1:{port}",
+                "--listen", f"{self.host}:{port}",
                 "--state-dir", str(self.dir),
                 "--api-key", KEY,
                 "--autoscale-interval-ms", "200",
