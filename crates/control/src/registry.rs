@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use ferry_protocol::WorkerStatus;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ProviderKind;
 use crate::control::secret_eq;
 use crate::error::ControlError;
 use crate::route::Candidate;
@@ -96,6 +97,9 @@ pub struct WorkerRec {
     endpoint_id: i64,
     /// Owning workergroup.
     workergroup_id: i64,
+    /// Where it came from.
+    #[serde(default)]
+    provider: ProviderKind,
     /// State.
     state: WorkerState,
     /// Base URL the worker reports.
@@ -136,6 +140,9 @@ pub struct WorkerRec {
     /// Monotonic seconds (control clock) of the last report.
     #[serde(skip)]
     last_report: Option<f64>,
+    /// In `error` because its reports stopped (cleared by the next report).
+    #[serde(skip)]
+    unreachable: bool,
     /// Monotonic seconds of the last state change.
     #[serde(skip)]
     state_since: f64,
@@ -200,19 +207,13 @@ pub struct WorkerInfo {
 }
 
 impl WorkerRec {
-    fn new(
-        id: i64,
-        mtoken: String,
-        endpoint_id: i64,
-        workergroup_id: i64,
-        unix: f64,
-        mono: f64,
-    ) -> WorkerRec {
+    fn new(id: i64, mtoken: String, origin: Origin, unix: f64, mono: f64) -> WorkerRec {
         WorkerRec {
             id,
             mtoken,
-            endpoint_id,
-            workergroup_id,
+            endpoint_id: origin.endpoint_id,
+            workergroup_id: origin.workergroup_id,
+            provider: origin.provider,
             state: WorkerState::Creating,
             url: String::new(),
             created_at: unix,
@@ -227,6 +228,7 @@ impl WorkerRec {
             reqs_working: 0,
             disk_usage: 0.0,
             last_report: None,
+            unreachable: false,
             state_since: mono,
             last_busy: mono,
             pending: HashMap::new(),
@@ -251,9 +253,22 @@ impl WorkerRec {
     pub fn workergroup_id(&self) -> i64 {
         self.workergroup_id
     }
+    /// Where it came from.
+    pub fn provider(&self) -> ProviderKind {
+        self.provider
+    }
     /// State.
     pub fn state(&self) -> WorkerState {
         self.state
+    }
+    /// In `error` because its reports stopped; it may come back by itself.
+    pub fn unreachable(&self) -> bool {
+        self.unreachable && self.state == WorkerState::Error
+    }
+    /// Whether it should be cold (stopped by the autoscaler): what the answer to its report
+    /// tells a joined worker.
+    pub fn cold(&self) -> bool {
+        matches!(self.state, WorkerState::Stopping | WorkerState::Stopped)
     }
     /// The last `error_msg` (empty when none).
     pub fn error_msg(&self) -> &str {
@@ -310,6 +325,7 @@ impl WorkerRec {
     /// state changed.
     fn apply_status(&mut self, s: &WorkerStatus, unix: f64, mono: f64) -> bool {
         self.last_report = Some(mono);
+        self.unreachable = false;
         self.cur_load = s.cur_load.max(0.0);
         self.new_load = s.new_load.max(0.0);
         self.cur_perf = s.cur_perf.max(0.0);
@@ -340,7 +356,7 @@ impl WorkerRec {
         }
         let next = if !s.error_msg.is_empty() {
             WorkerState::Error
-        } else if s.loadtime > 0.0 && s.max_perf > 0.0 {
+        } else if s.loadtime > 0.0 && s.max_perf > 0.0 && !s.cold {
             WorkerState::Idle
         } else {
             WorkerState::ModelLoading
@@ -390,6 +406,17 @@ impl WorkerRec {
             pending_load: self.pending_load(),
         }
     }
+}
+
+/// Where a new worker record belongs and comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    /// Owning endpoint.
+    pub endpoint_id: i64,
+    /// Owning workergroup.
+    pub workergroup_id: i64,
+    /// Its provider.
+    pub provider: ProviderKind,
 }
 
 /// Key of the next worker id.
@@ -492,8 +519,7 @@ impl Registry {
     /// Registers a new worker in `creating` with a fresh id and master token.
     pub fn create(
         &mut self,
-        endpoint_id: i64,
-        workergroup_id: i64,
+        origin: Origin,
         mtoken: String,
         unix: f64,
         mono: f64,
@@ -502,10 +528,46 @@ impl Registry {
         let id = self.next_id;
         self.next_id += 1;
         store.set_kv(KV_NEXT_WORKER_ID, self.next_id.to_string());
-        let w = WorkerRec::new(id, mtoken, endpoint_id, workergroup_id, unix, mono);
+        let w = WorkerRec::new(id, mtoken, origin, unix, mono);
         self.workers.insert(id, w);
         self.persist(id, store);
         id
+    }
+
+    /// A worker joined `origin`'s workergroup: it claims the oldest placeholder the autoscaler
+    /// made there (`creating`, never started), else it is registered anew. Either way it is
+    /// `loading` at `url`, awaiting its first report. Returns its id and master token.
+    pub fn join(
+        &mut self,
+        origin: Origin,
+        url: &str,
+        unix: f64,
+        mono: f64,
+        store: &dyn Store,
+    ) -> (i64, String) {
+        let placeholder = self
+            .workers
+            .values()
+            .filter(|w| {
+                w.workergroup_id == origin.workergroup_id
+                    && w.state == WorkerState::Creating
+                    && w.provider == ProviderKind::External
+            })
+            .min_by(|a, b| a.created_at.total_cmp(&b.created_at))
+            .map(|w| w.id);
+        let id = placeholder.unwrap_or_else(|| {
+            self.create(origin, crate::control::random_hex(16), unix, mono, store)
+        });
+        self.update(id, store, |w| {
+            w.url = url.to_owned();
+            w.signature = None;
+            w.started_at = unix;
+            w.last_report = None;
+            w.set_state(WorkerState::Loading, mono);
+            true
+        });
+        let mtoken = self.workers.get(&id).map(|w| w.mtoken.clone());
+        (id, mtoken.unwrap_or_default())
     }
 
     fn authentic(&mut self, id: i64, mtoken: &str) -> Result<&mut WorkerRec, ControlError> {
@@ -720,10 +782,10 @@ impl Registry {
         }
     }
 
-    /// Workers the store counts as up (to adopt after a restart).
-    pub fn coming(&self) -> Vec<i64> {
+    /// Workers of a provider the store counts as up (to adopt after a restart).
+    pub fn coming(&self, provider: ProviderKind) -> Vec<i64> {
         self.iter()
-            .filter(|w| w.state.is_coming())
+            .filter(|w| w.state.is_coming() && w.provider == provider)
             .map(|w| w.id)
             .collect()
     }
@@ -750,16 +812,20 @@ impl Registry {
             w.pending.retain(|_, (_, at)| mono - *at < pending_ttl);
             let silent_too_long =
                 w.state == WorkerState::Idle && w.silence(mono) > 2.0 * stale_after;
+            // A joined worker that ran dry of reports may come back (a partition healing).
+            let lost_contact = silent_too_long && w.provider == ProviderKind::External;
             let stuck = w.state.is_coming()
                 && mono - w.state_since > LOAD_DEADLINE_S
                 && w.silence(mono) > LOAD_DEADLINE_S;
             if silent_too_long || stuck {
                 w.error_msg = if stuck {
-                    "never became ready"
+                    "never became ready".into()
+                } else if lost_contact {
+                    format!("unreachable: no report for {:.0} s", w.silence(mono))
                 } else {
-                    "stopped reporting"
-                }
-                .into();
+                    "stopped reporting".into()
+                };
+                w.unreachable = lost_contact;
                 tracing::warn!(worker = w.id, error = %w.error_msg, "worker failed");
                 w.set_state(WorkerState::Error, mono);
                 failed.push(w.id);
@@ -784,6 +850,12 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
+    const ORIGIN: Origin = Origin {
+        endpoint_id: 1,
+        workergroup_id: 2,
+        provider: ProviderKind::Local,
+    };
+
     fn status(loadtime: f64, max_perf: f64, err: &str) -> WorkerStatus {
         WorkerStatus {
             id: 1,
@@ -799,7 +871,7 @@ mod tests {
 
     #[test]
     fn report_drives_states_and_pending() {
-        let mut w = WorkerRec::new(1, "t".into(), 1, 1, 0.0, 0.0);
+        let mut w = WorkerRec::new(1, "t".into(), ORIGIN, 0.0, 0.0);
         w.pending.insert(5, (10.0, 0.0));
         w.pending.insert(6, (20.0, 0.0));
         assert!(w.apply_status(&status(0.0, 0.0, ""), 1.0, 1.0));
@@ -820,7 +892,7 @@ mod tests {
     fn reports_need_the_workers_own_token() {
         let s = crate::store::memory::MemoryStore::default();
         let mut r = Registry::restore(&s.loaded());
-        let id = r.create(1, 2, "tok".into(), 0.0, 0.0, &s);
+        let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
         let mut st = status(2.0, 50.0, "");
         st.id = id;
         st.mtoken = "wrong".into();
@@ -838,14 +910,14 @@ mod tests {
         assert_eq!(back.get(id).unwrap().state(), WorkerState::Loading);
         // Ids are never reused across a restart.
         let mut back = back;
-        assert!(back.create(1, 2, "t2".into(), 0.0, 0.0, &s) > id);
+        assert!(back.create(ORIGIN, "t2".into(), 0.0, 0.0, &s) > id);
     }
 
     #[test]
     fn pending_load_lives_from_assignment_to_acknowledgement() {
         let s = crate::store::memory::MemoryStore::default();
         let mut r = Registry::restore(&s.loaded());
-        let id = r.create(1, 2, "tok".into(), 0.0, 0.0, &s);
+        let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
         assert_eq!(r.assign(id, 5, 10.0, 1.0), Some(1));
         assert_eq!(r.assign(id, 6, 20.0, 1.0), Some(2));
         assert_eq!(r.assign(id, 7, 30.0, 1.0), Some(3));
@@ -871,7 +943,7 @@ mod tests {
     fn silent_ready_workers_fail_and_signatures_follow_the_url() {
         let s = crate::store::memory::MemoryStore::default();
         let mut r = Registry::restore(&s.loaded());
-        let id = r.create(1, 2, "tok".into(), 0.0, 0.0, &s);
+        let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
         r.report(&status_for(id, &[]), 0.0, 0.0, &s).unwrap();
         r.cache_signature(id, "http://127.0.0.1:1", "sig".into());
         assert_eq!(

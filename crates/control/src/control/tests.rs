@@ -10,6 +10,8 @@ use std::time::Duration;
 use ferry_protocol::{SigningKey, WorkerStatus};
 use futures_util::future::BoxFuture;
 
+use crate::Provider;
+
 use super::*;
 use crate::autoscale::Action;
 use crate::endpoint::{EndpointPatch, EndpointRef, WorkergroupPatch};
