@@ -73,12 +73,12 @@ subnet_of() { # prefix -> 10.213.X
 }
 
 hosts_of() { # prefix -> host names present (cp h1 h2 ...)
-    ip netns list | awk '{print $1}' | sed -n "s/^$1-\(cp\|h[0-9]*\)\$/\1/p" | sort -V
+    ip netns list 2>/dev/null | awk '{print $1}' | sed -n "s/^$1-\(cp\|h[0-9]*\)\$/\1/p" | sort -V
 }
 
 runs() { # every prefix with a namespace or a record
     {
-        ip netns list | awk '{print $1}' | sed -n 's/^\(ferry-[0-9]*-[0-9a-f]\{4\}\)-[a-z0-9]*$/\1/p'
+        ip netns list 2>/dev/null | awk '{print $1}' | sed -n 's/^\(ferry-[0-9]*-[0-9a-f]\{4\}\)-[a-z0-9]*$/\1/p'
         [ -d "$STATE" ] && ls "$STATE"
     } | sort -u | grep -E "$NAME_RE" || true
 }
@@ -179,7 +179,7 @@ cmd_down() {
     fi
     [[ "$prefix" =~ $NAME_RE ]] || die "down: $prefix is not a run prefix (ferry-PID-XXXX)"
     local ns
-    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$prefix-[a-z0-9]+\$" || true); do
+    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$prefix-[a-z0-9]+\$" || true); do
         kill_inside "$ns"
         ip netns del "$ns" 2>/dev/null || true
     done
