@@ -227,19 +227,18 @@ def unix_of(ts: str) -> float:
 
 @dataclass
 class JoinedWorker:
+    """One `ferry sim-model` + `ferry worker` pair started on a host."""
+
     host: str
+    addr: str
     port: int
     dir: Path
-    started: float
     model: subprocess.Popen | None = None
     worker: subprocess.Popen | None = None
-    worker_id: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.addr}:{self.port}"
-
-    addr: str = ""
 
 
 class Fleet:
@@ -288,7 +287,7 @@ class Fleet:
         addr = self.net.hosts[host]["addr"]
         d = self.base / host / f"w{port}"
         d.mkdir(parents=True)
-        w = JoinedWorker(host, port, d, time.monotonic(), addr=addr)
+        w = JoinedWorker(host, addr, port, d)
         ns = self.net.hosts[host]["ns"]
         with open(d / "model.out", "wb") as out:
             w.model = subprocess.Popen(
@@ -527,7 +526,7 @@ async def sc_partition_one_host(fleet: Fleet, fig: Figures) -> None:
         victim_rec = max((w for w in ws if w["url"] in urls and w["status"] == "idle"),
                          key=lambda w: (w["reqs_working"] + w["pending_load"], -w["id"]))  # fmt: skip
         victim = urls[victim_rec["url"]]
-        victim.worker_id = victim_id = victim_rec["id"]
+        victim_id = victim_rec["id"]
         sent_before = load.sent
         ids_at_cut = {w["id"] for w in ws}
         t_cut, wall_cut = time.monotonic(), time.time()
