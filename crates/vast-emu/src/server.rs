@@ -1,10 +1,11 @@
 //! The running emulator: shared state, the accept loop, and the test handle [`Emulator`].
 //!
 //! Connections are served by hyper directly (not `axum::serve`) so a reset-mode outage can
-//! really reset them: a connection accepted during one is closed at once with `SO_LINGER` 0
-//! (an RST), and a request arriving on an already open connection gets its connection reset
-//! the same way, without an answer. For that, each connection keeps a duplicate of its socket
-//! and a token the request's middleware can fire.
+//! really reset them: an API request arriving during one gets its connection closed with
+//! `SO_LINGER` 0 (an RST), without an answer, whether the connection is new or already open.
+//! For that, each connection keeps a duplicate of its socket and a token the request's
+//! middleware can fire. Connections are not reset at accept time, so the `/_emu/` admin
+//! routes keep answering during the outage.
 
 use std::convert::Infallible;
 use std::io;
@@ -263,11 +264,6 @@ async fn accept_loop(emu: Emu, listener: TcpListener, app: Router) {
                 }
             },
         };
-        if emu.knobs().resetting() {
-            // An outage that resets connections: RST at once, nothing read.
-            let _ = stream.set_zero_linger();
-            continue;
-        }
         let (stream, dup) = match keep_duplicate(stream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -208,6 +208,11 @@ async fn outage_reset() {
         let err = c.get(&url).bearer_auth(KEY).send().await.unwrap_err();
         assert!(!err.is_status(), "{err}");
     }
+    // The admin routes still answer, on a new connection and on the pooled one.
+    for c in [client(), pooled.clone()] {
+        let (status, snap) = call_with(&c, &emu, "GET", "/_emu/knobs", None, None).await;
+        assert_eq!((status, &snap["outage_mode"]), (200, &json!("reset")));
+    }
     emu.knobs().outage(Duration::ZERO, OutageMode::Reset);
     assert_eq!(
         client()
