@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs tests/peers/test_vast_emu.py: Ferry's Vast REST API emulator (crates/vast-emu, the
 # `ferry-vast-emu` binary) driven by Vast's official `vastai` package, unchanged: its offer and
-# instance functions, VastClient, SyncClient and the VastAI SDK class (search, create, show,
-# label, stop, start, destroy; error answers; its retries through 429s, 503s and resets).
+# instance functions, VastClient, SyncClient, the VastAI SDK class and the `vastai` command
+# (search, create, show, label, stop, start, destroy; error answers; its retries through 429s,
+# 503s and resets).
 #
 #   scripts/vast-emu-tests.sh [--build] [-k SUBSTRING]... [--keep]
 #

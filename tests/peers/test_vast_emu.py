@@ -1,7 +1,7 @@
 """Wire fidelity of Ferry's Vast REST API emulator (crates/vast-emu) with Vast's official
 `vastai` package: its own instance and offer functions (`vastai.api.offers`,
-`vastai.api.instances`), its `VastClient`, its `SyncClient` and its `VastAI` SDK class, pointed
-at the emulator's URL, unchanged and unpatched.
+`vastai.api.instances`), its `VastClient`, its `SyncClient`, its `VastAI` SDK class and the
+`vastai` command, pointed at the emulator's URL, unchanged and unpatched.
 
 Run with the peers venv's python (scripts/vast-emu-tests.sh does this, building the emulator
 first):
@@ -540,6 +540,42 @@ def test_boot_failures_and_preemption(emu: Emu) -> None:
     inst_api.destroy_instance(c, [a, b])
 
 
+def test_official_cli(emu: Emu) -> None:
+    """The `vastai` command itself (`--url` at the emulator): search, create, show, stop,
+    start, label, destroy."""
+    vastai = os.environ.get("FERRY_VASTAI") or str(Path(PY).parent / "vastai")
+    home = emu.dir / "home"
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")}
+
+    def cli(*args: str) -> str:
+        p = subprocess.run([vastai, "--url", emu.url, "--api-key", KEY, *args], env=env,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert p.returncode == 0, (args, p.returncode, p.stdout, p.stderr)
+        return p.stdout
+
+    offers = json.loads(cli("search", "offers", "gpu_ram>=24 num_gpus=1", "-o", "dph_total", "--raw"))
+    assert offer_ids(offers)[:2] == [RTX_3090, RTX_4090], offer_ids(offers)
+    made = json.loads(cli("create", "instance", str(RTX_3090), "--image", "vastai/base",
+                          "--env", "-e A=1 -p 3000:3000", "--onstart-cmd", "exec sleep 60",
+                          "--label", "cli", "--raw"))  # fmt: skip
+    assert made["success"] is True, made
+    iid = made["new_contract"]
+    c = client(emu)
+    wait_status(c, iid, "running")
+    rows = json.loads(cli("show", "instances", "--raw"))
+    assert [r["id"] for r in rows] == [iid] and rows[0]["label"] == "cli", rows
+    assert rows[0]["extra_env"]["A"] == "1" and "3000/tcp" in rows[0]["ports"], rows[0]
+    assert f"stopping instance {iid}" in cli("stop", "instance", str(iid))
+    wait_status(c, iid, "stopped")
+    assert f"starting instance {iid}" in cli("start", "instance", str(iid))
+    wait_status(c, iid, "running")
+    assert "set to renamed" in cli("label", "instance", str(iid), "renamed")
+    assert json.loads(cli("show", "instance", str(iid), "--raw"))["label"] == "renamed"
+    cli("destroy", "instance", str(iid), "-y")
+    assert json.loads(cli("show", "instance", str(iid), "--raw")) == {"instances": None}
+
+
 TESTS = [
     test_search_offers,
     test_instance_lifecycle,
@@ -547,6 +583,7 @@ TESTS = [
     test_paging_bulk_and_offers_file,
     test_errors_and_retries,
     test_boot_failures_and_preemption,
+    test_official_cli,
 ]
 
 
