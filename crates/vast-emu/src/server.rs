@@ -28,10 +28,11 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::boot;
-use crate::cloud::{BootOrder, Cloud, Ledger};
+use crate::cloud::{BootOrder, Cloud};
 use crate::config::EmuConfig;
 use crate::error::ApiError;
 use crate::knobs::Knobs;
+use crate::ledger::Ledger;
 use crate::offers::OfferError;
 
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);

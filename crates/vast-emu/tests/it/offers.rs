@@ -234,12 +234,24 @@ async fn the_api_key_is_required() {
 
 #[tokio::test]
 async fn own_catalogue_and_config_checks() {
-    let emu =
-        start_with(|c| c.offers = vec![Offer::new(7, "T4", 0.1), Offer::new(8, "T4", 0.05)]).await;
+    let mut unrentable = Offer::new(9, "T4", 0.01);
+    unrentable.set("rentable", json!(false));
+    let emu = start_with(|c| {
+        c.offers = vec![
+            Offer::new(7, "T4", 0.1),
+            Offer::new(8, "T4", 0.05),
+            unrentable,
+        ]
+    })
+    .await;
+    let rentable = json!({"rentable": {"eq": true}, "order": [["dph_total", "asc"]]});
+    assert_eq!(search_ids(&emu, rentable).await, [8, 7]);
     assert_eq!(
-        search_ids(&emu, json!({"order": [["dph_total", "asc"]]})).await,
-        [8, 7]
+        search_ids(&emu, json!({"order": [["id", "asc"]]})).await,
+        [7, 8, 9]
     );
+    let (status, _) = call(&emu, "PUT", "/api/v0/asks/9/", Some(json!({"image": "i"}))).await;
+    assert_eq!(status, 410, "an unrentable offer cannot be rented");
     finish(emu).await;
 
     let mut dup = EmuConfig::new(KEY);
