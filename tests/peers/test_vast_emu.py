@@ -143,9 +143,9 @@ def tail(path: Path, n: int = 30) -> str:
 class Emu:
     """One `ferry-vast-emu` process with its own state dir."""
 
-    def __init__(self, name: str, *extra: str):
+    def __init__(self, name: str):
         self.name = name
-        self.extra = list(extra)
+        self.extra: list[str] = []
         self.dir = Path(tempfile.mkdtemp(prefix=f"ferry-vast-emu-{name}-"))
         self.proc: subprocess.Popen | None = None
         self.url = ""
@@ -587,9 +587,9 @@ TESTS = [
 ]
 
 
-def emu_args(test) -> list[str]:
+def emu_args(test, emu_dir: Path) -> list[str]:
     if test is test_paging_bulk_and_offers_file:
-        path = Path(tempfile.mkdtemp(prefix="ferry-vast-emu-offers-")) / "offers.json"
+        path = emu_dir / "offers.json"
         offers = [
             {"id": 9001 + i, "machine_id": 7001 + i, "gpu_name": "T4", "num_gpus": 1,
              "gpu_ram": 15360, "dph_total": 0.1 + i / 1000, "reliability": 0.99,
@@ -608,7 +608,8 @@ def emu_args(test) -> list[str]:
 def run_one(test, keep: bool) -> bool:
     name = test.__name__
     t0 = time.monotonic()
-    emu = Emu(name.removeprefix("test_"), *emu_args(test))
+    emu = Emu(name.removeprefix("test_"))
+    emu.extra = emu_args(test, emu.dir)
     ok = False
     err = ""
     try:

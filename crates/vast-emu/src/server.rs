@@ -44,6 +44,8 @@ struct Shared {
     api_key: String,
     stop_grace: Duration,
     state_dir: PathBuf,
+    /// The state dir was made by the emulator (no `state_dir` configured).
+    own_state_dir: bool,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -118,7 +120,8 @@ where
 }
 
 /// A running emulator. [`Emulator::shutdown`] stops it and every process it started;
-/// dropping it without a shutdown SIGKILLs those process groups on the spot.
+/// dropping it without a shutdown SIGKILLs those process groups on the spot (and keeps the
+/// state directory, with the instances' logs, for a test that failed to look at).
 pub struct Emulator {
     emu: Emu,
     addr: SocketAddr,
@@ -142,6 +145,7 @@ impl Emulator {
                 OfferError::DuplicateId(w[0]).to_string(),
             ));
         }
+        let own_state_dir = cfg.state_dir.is_none();
         let state_dir = match cfg.state_dir {
             Some(d) => d,
             None => fresh_state_dir()?,
@@ -155,6 +159,7 @@ impl Emulator {
             api_key: cfg.api_key,
             stop_grace: cfg.stop_grace,
             state_dir,
+            own_state_dir,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
         }));
@@ -213,13 +218,23 @@ impl Emulator {
     }
 
     /// Stops serving, stops every instance's processes (SIGTERM, SIGKILL after the stop
-    /// grace) and waits for them; returns the final ledger.
+    /// grace) and waits for them; returns the final ledger. A state directory the emulator
+    /// made itself (no [`EmuConfig::state_dir`]) is removed, once nothing runs in it any more;
+    /// a configured one is left as it is.
+    ///
+    /// [`EmuConfig::state_dir`]: crate::EmuConfig::state_dir
     pub async fn shutdown(mut self) -> Ledger {
         self.shut_down = true;
         self.emu.0.cancel.cancel();
         self.emu.0.tracker.close();
         self.emu.0.tracker.wait().await;
-        self.ledger()
+        let ledger = self.ledger();
+        if self.emu.0.own_state_dir && ledger.processes.is_empty() {
+            if let Err(e) = tokio::fs::remove_dir_all(&self.emu.0.state_dir).await {
+                tracing::warn!(error = %e, "cannot remove the state dir");
+            }
+        }
+        ledger
     }
 }
 

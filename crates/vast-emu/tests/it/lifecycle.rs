@@ -398,5 +398,9 @@ async fn dropping_without_shutdown_kills_the_process_groups() {
         crate::support::procs_in(&dir).is_empty()
     })
     .await;
+    assert!(
+        dir.join("instances").is_dir(),
+        "a drop without a shutdown keeps the logs"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

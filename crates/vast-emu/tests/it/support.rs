@@ -26,7 +26,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut EmuConfig)) -> Emulator {
     Emulator::start(cfg).await.unwrap()
 }
 
-/// Shuts down, asserts nothing is left running, removes the state dir.
+/// Shuts down, asserts nothing is left running and the (emulator-made) state dir is gone.
 pub async fn finish(emu: Emulator) {
     let dir = emu.state_dir().to_owned();
     let pids: Vec<u32> = emu.ledger().processes.iter().map(|p| p.pid).collect();
@@ -40,7 +40,11 @@ pub async fn finish(emu: Emulator) {
         "processes left in {}",
         dir.display()
     );
-    let _ = std::fs::remove_dir_all(dir);
+    assert!(
+        !dir.exists(),
+        "{} is left after a clean shutdown",
+        dir.display()
+    );
 }
 
 /// A client that ignores proxy env vars (the emulator is on loopback).
