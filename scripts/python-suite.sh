@@ -7,8 +7,12 @@
 #   scripts/python-suite.sh NAME TESTS_FILE COUNT_REGEX [--build] [suite args]...
 #
 # NAME prefixes this runner's own messages; COUNT_REGEX (grep -c) counts the suite's tests, for
-# the summary line when the suite cannot run at all. See the two callers for the knobs
-# (FERRY_BIN, FERRY_PEERS_ENV).
+# the summary line when the suite cannot run at all. See the callers for the knobs (FERRY_BIN,
+# FERRY_PEERS_ENV).
+#
+# The binary a suite drives is `ferry` (package and binary of the same name), found through
+# FERRY_BIN; a caller names another with SUITE_BINARY (e.g. ferry-vast-emu) and the variable
+# that points at it with SUITE_BIN_VAR (e.g. FERRY_VAST_EMU_BIN).
 set -uo pipefail
 
 NAME=$1 TESTS=$2 COUNT_REGEX=$3
@@ -32,12 +36,14 @@ for a in "$@"; do
     esac
 done
 
-FERRY_BIN=${FERRY_BIN:-$ROOT/target/debug/ferry}
-export FERRY_BIN
-if [ "$BUILD" = 1 ] || [ ! -x "$FERRY_BIN" ]; then
-    echo "$NAME: cargo build -p ferry"
-    cargo build -p ferry || fail "cargo build -p ferry failed"
-    [ -x "$FERRY_BIN" ] || fail "$FERRY_BIN missing after the build"
+BINARY=${SUITE_BINARY:-ferry}
+BIN_VAR=${SUITE_BIN_VAR:-FERRY_BIN}
+BIN=${!BIN_VAR:-$ROOT/target/debug/$BINARY}
+export "$BIN_VAR=$BIN"
+if [ "$BUILD" = 1 ] || [ ! -x "$BIN" ]; then
+    echo "$NAME: cargo build -p $BINARY"
+    cargo build -p "$BINARY" || fail "cargo build -p $BINARY failed"
+    [ -x "$BIN" ] || fail "$BIN missing after the build"
 fi
 
 PEERS_ENV=${FERRY_PEERS_ENV:-$HOME/.cache/ferry/peers.env}

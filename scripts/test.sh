@@ -3,8 +3,10 @@
 # formatting, clippy with warnings denied, unused dependencies, docs with warnings denied, every
 # Rust test, a short run of every fuzz target (scripts/fuzz.sh), the tests against real peers
 # (llama.cpp's llama-server with real models, Vast's official Python client, CLI and PyWorker, the
-# openai package), fault injection under load through the official client, and the
-# side-by-side benchmark's smoke mode.
+# openai package), the Vast REST API emulator against the official `vastai` functions, fault
+# injection under load through the official client, the fleet suite (control plane and workers
+# on separate network namespaces, one of them partitioned; needs root, skipped with a message
+# otherwise except on CI), and the side-by-side benchmark's smoke mode.
 #
 # Real peers are installed by scripts/setup-peers.sh into ~/.cache/ferry (keyed by version and
 # CPU): the first run builds llama-server (about 10 minutes on 2 cores), later runs take seconds.
@@ -57,8 +59,21 @@ cargo test -p ferry-worker --test peers --locked -- --ignored
 step "Vast's official client and PyWorker, and the openai package, against ferry control"
 bash scripts/peer-tests.sh --build
 
+step "Vast REST API emulator against Vast's official vastai functions (scripts/vast-emu-tests.sh)"
+bash scripts/vast-emu-tests.sh --build
+
 step "fault injection under load through the official client (scripts/fault-tests.sh)"
 bash scripts/fault-tests.sh
+
+step "hosts in network namespaces: a partitioned worker, joined workers (scripts/fleet-tests.sh)"
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+    bash scripts/fleet-tests.sh
+elif [ -n "${CI:-}" ]; then
+    echo "fleet tests: CI must run them as root with iproute2 (ip); uid $(id -u), ip: $(command -v ip || echo missing)"
+    exit 1
+else
+    echo "SKIPPED: the fleet tests need root and iproute2 (ip netns, veth, bridge); uid $(id -u), ip: $(command -v ip || echo missing)"
+fi
 
 step "side-by-side benchmark, smoke mode (bench/run.sh --quick)"
 bash bench/run.sh --quick

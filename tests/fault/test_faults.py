@@ -254,7 +254,7 @@ class Load:
 
     def __init__(self, ep, tag: str, total: int, lanes: int, *, stream_share: float = 0.0,
                  sizes: tuple[int, int] = (3, 10), gap: float = 0.02, fail_pause: float = 0.3,
-                 shaper=None):
+                 shaper=None, worker_timeout: float | None = None):
         self.ep = ep
         self.tag = tag
         self.total = max(1, int(total * SCALE))
@@ -264,6 +264,9 @@ class Load:
         self.gap = gap
         self.fail_pause = fail_pause
         self.shaper = shaper  # (i, payload) -> (payload, expectation) for injected faults
+        # The official client's limit on one call to a worker (its `worker_timeout`, 600 s by
+        # default and not exposed by `Endpoint.request`); None keeps the default.
+        self.worker_timeout = worker_timeout
         self.outcomes: list[Outcome] = []
         self.injected: dict[str, str] = {}  # rid -> what was injected into it
         self._next = 0
@@ -289,9 +292,17 @@ class Load:
 
         async def call():
             # The official client's own total timeout ends its retry loop with a clear error.
-            r = await self.ep.request(
-                "/v1/completions", payload, cost=n, stream=stream, timeout=REQ_TIMEOUT - 8
-            )
+            if self.worker_timeout is None:
+                r = await self.ep.request(
+                    "/v1/completions", payload, cost=n, stream=stream, timeout=REQ_TIMEOUT - 8
+                )
+            else:
+                # What `Endpoint.request` calls, with the one argument it does not pass on.
+                r = await self.ep.client.queue_endpoint_request(
+                    endpoint=self.ep, worker_route="/v1/completions", worker_payload=payload,
+                    cost=n, stream=stream, timeout=REQ_TIMEOUT - 8,
+                    worker_timeout=self.worker_timeout,
+                )  # fmt: skip
             o.url = r.get("url") or ""
             if not r.get("ok"):
                 text = r.get("text") or json.dumps(r.get("response"))

@@ -196,6 +196,8 @@ class Control:
         self.dir = Path(tempfile.mkdtemp(prefix=f"ferry-peer-{name}-"))
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        # The address to listen on; the fleet suite sets its namespace's address.
+        self.host = "127.0.0.1"
         self.port = 0
         self.starts = 0
         self.leftovers: dict[int, str] = {}
@@ -209,10 +211,10 @@ class Control:
         # A free port can be taken between picking and binding it: try three.
         for _ in range(3 if not self.port else 1):
             port = self.port or free_port()
-            self.url = f"http://127.0.0.1:{port}"
+            self.url = f"http://{self.host}:{port}"
             args = [
                 str(FERRY), "control",
-                "--listen", f"127.0.0.1:{port}",
+                "--listen", f"{self.host}:{port}",
                 "--state-dir", str(self.dir),
                 "--api-key", KEY,
                 "--autoscale-interval-ms", "200",
@@ -820,6 +822,78 @@ async def test_official_cli(cp: Control) -> None:
     assert "Traceback" not in out, out
 
 
+async def test_pyworker_joins(cp: Control) -> None:
+    """An unmodified official PyWorker started by hand on "another host" joins an external
+    workergroup through `ferry join` (the documented shim): registers, reports ready under the
+    id it was given, verifies grants and serves requests routed by the official client."""
+    async with vast_client(cp) as c:
+        me = await new_endpoint(c, "t8", cold_workers=1, max_workers=1)
+        await me.add_workergroup(launch_args=json.dumps({"provider": "external"}))
+        groups = (await http("GET", f"{cp.url}/api/v0/workergroups/", headers={"Authorization": f"Bearer {KEY}"}))[1]
+        wg = [g for g in groups["results"] if g["endpoint_id"] == me.id][0]["id"]
+        st, made = await http(
+            "POST", f"{cp.url}/api/v0/workergroups/{wg}/join_tokens/", {"label": "pyworker"},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert st == 200, (st, made)
+        # The autoscaler wants one worker and launches nothing itself.
+        ws = await cp.wait_workers(me.id, lambda ws: len(ws) == 1, "a placeholder")
+        assert ws[0]["status"] == "creating", ws
+        placeholder = ws[0]["id"]
+
+        host = cp.dir / "other-host"
+        host.mkdir()
+        model_port, worker_port = free_port(), free_port()
+        url = f"http://127.0.0.1:{worker_port}"
+        out = subprocess.run(
+            [str(FERRY), "join", "--url", cp.url, "--token", made["token"], "--worker-url", url],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        env = dict(os.environ)
+        for line in out.stdout.splitlines():
+            k, v = line.removeprefix("export ").split("=", 1)
+            env[k] = shlex.split(v)[0]
+        assert int(env["CONTAINER_ID"]) == placeholder, (env["CONTAINER_ID"], placeholder)
+        log = host / "model.log"
+        env.update({
+            "WORKER_PORT": str(worker_port), "PUBLIC_IPADDR": "127.0.0.1",
+            f"VAST_TCP_PORT_{worker_port}": str(worker_port), "MODEL_LOG": str(log),
+            "PYW_MODEL_PORT": str(model_port), "PYW_HEALTH": "/health",
+            "WORKER_HTTP_PORT": str(free_port()),
+        })
+        procs = [
+            subprocess.Popen(
+                [str(FERRY), "sim-model", "--listen", f"127.0.0.1:{model_port}", "--log-file", str(log)],
+                cwd=host, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [PY, str(LAUNCHER)], cwd=host, env=env,
+                stdout=open(host / "pyworker.out", "wb"), stderr=subprocess.STDOUT,
+            ),
+        ]
+        try:
+            ws = await cp.wait_workers(me.id, idle(1), "the joined PyWorker to be ready", timeout=90)
+            assert ws[0]["id"] == placeholder and ws[0]["url"] == url, ws
+            ep = await c.get_endpoint("t8")
+            rs = await asyncio.gather(*(ep.request("/v1/completions", completion(n), cost=n) for n in (2, 5)))
+            for r, n in zip(rs, (2, 5)):
+                check_completion(r, n, url=url)
+            # It checks grants with the key it fetched from ferry control.
+            forged = {**rs[0]["auth_data"], "signature": base64.b64encode(b"\0" * 256).decode()}
+            st, _ = await http("POST", f"{url}/v1/completions", {"auth_data": forged, "payload": completion(2)})
+            assert st == 401, f"the joined PyWorker accepted a forged signature ({st})"
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+
+
 TESTS = [
     test_official_client_requests,
     test_official_client_session,
@@ -828,6 +902,7 @@ TESTS = [
     test_mixed_fleet,
     test_openai_gateway,
     test_official_cli,
+    test_pyworker_joins,
 ]
 
 # ---------------------------------------------------------------------------------------------

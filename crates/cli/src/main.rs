@@ -1,6 +1,7 @@
 //! `ferry`: the command-line front over Ferry's libraries.
 //!
-//! Subcommands: `worker` (the PyWorker replacement), `control`, `call`, `bench`, `demo` and `sim-model`.
+//! Subcommands: `worker` (the PyWorker replacement), `control` (and `control join-token`),
+//! `join`, `call`, `bench`, `demo` and `sim-model`.
 //! Exit codes: 0 ok, 1 runtime failure, 64 bad configuration or arguments.
 
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use std::process::ExitCode;
 mod bench;
 mod call;
 mod demo;
+mod fleet;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -44,14 +46,27 @@ enum Command {
 enum OnRuntime {
     /// Run the simulated model server (OpenAI, TGI, llama.cpp, ComfyUI dialects).
     SimModel(SimModelArgs),
-    /// Run the self-hosted control plane (router, queue, autoscaler, endpoint API).
-    Control(Box<ferry_control::ControlArgs>),
+    /// Run the self-hosted control plane (router, queue, autoscaler, endpoint API), or manage
+    /// a running one (`ferry control join-token ...`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Control(Box<ControlCmd>),
+    /// Register a worker with an external workergroup's join token and print its environment
+    /// (`eval "$(ferry join ...)"` before starting an unmodified PyWorker).
+    Join(fleet::JoinArgs),
     /// Send one request to an endpoint and print the answer (streams as they arrive).
     Call(Box<call::CallArgs>),
     /// Load-test an endpoint or a single worker.
     Bench(Box<bench::BenchArgs>),
     /// The whole system on this machine: control plane, autoscaled local workers, a burst of requests.
     Demo(Box<demo::DemoArgs>),
+}
+
+#[derive(clap::Args, Debug)]
+struct ControlCmd {
+    #[command(subcommand)]
+    action: Option<fleet::ControlAction>,
+    #[command(flatten)]
+    args: ferry_control::ControlArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -122,14 +137,18 @@ fn run_on_runtime(command: OnRuntime) -> Result<(), Failure> {
     runtime.block_on(async move {
         match command {
             OnRuntime::SimModel(args) => run_sim(args).await,
-            OnRuntime::Control(args) => {
-                ferry_control::run_cli(*args, ferry_worker::cli::shutdown_signal())
+            OnRuntime::Control(cmd) => {
+                if let Some(action) = cmd.action {
+                    return fleet::run_control(action).await.map_err(Failure::Runtime);
+                }
+                ferry_control::run_cli(cmd.args, ferry_worker::cli::shutdown_signal())
                     .await
                     .map_err(|e| match e {
                         ferry_control::RunError::Config(c) => Failure::Config(c.to_string()),
                         other => Failure::Runtime(anyhow::anyhow!(other)),
                     })
             }
+            OnRuntime::Join(args) => fleet::run_join(args).await.map_err(Failure::Runtime),
             OnRuntime::Call(args) => call::run(*args).await.map_err(Failure::Runtime),
             OnRuntime::Bench(args) => bench::run(*args).await.map_err(Failure::Runtime),
             OnRuntime::Demo(args) => demo::run(*args).await.map_err(Failure::Runtime),

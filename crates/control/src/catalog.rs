@@ -229,6 +229,7 @@ impl Catalog {
             backend: None,
             env: BTreeMap::new(),
             max_workers: None,
+            provider: None,
             vast: Map::new(),
         };
         patch.apply(&mut wg);

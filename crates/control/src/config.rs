@@ -41,7 +41,7 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 
-    /// Where workers run.
+    /// Where the workers of a workergroup that names no `provider` come from.
     #[arg(long, env = "FERRY_PROVIDER", value_enum, default_value_t = ProviderKind::Local)]
     pub provider: ProviderKind,
 
@@ -200,13 +200,53 @@ pub struct VastArgs {
     pub vast_bad_machine_ttl_s: u64,
 }
 
-/// Where workers run.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a workergroup's workers come from (`provider` of a workergroup; see docs/fleet.md).
+#[derive(
+    clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    Default,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
     /// Processes on this host ([`crate::provider::local`]).
+    #[default]
     Local,
+    /// Workers started elsewhere that join with a token ([`crate::provider::external`]).
+    External,
     /// Instances rented on Vast through its REST API ([`crate::provider::vast`]).
     Vast,
+}
+
+impl ProviderKind {
+    /// Every kind.
+    pub const ALL: [ProviderKind; 3] = [
+        ProviderKind::Local,
+        ProviderKind::External,
+        ProviderKind::Vast,
+    ];
+
+    /// Wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::External => "external",
+            ProviderKind::Vast => "vast",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<ProviderKind> {
+        ProviderKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
 }
 
 /// The Vast provider's validated settings.

@@ -27,8 +27,10 @@
 //! `launch_args`, `gpu_ram`, `test_workers`, ...). Ferry's own: `model_cmd` (the model server
 //! command the local provider runs), `worker_cmd` (a worker command replacing `ferry worker`,
 //! e.g. an official PyWorker script), `backend` (the worker preset, `BACKEND`), `env` (extra
-//! environment for both processes) and `max_workers` (a per-group cap). They can be given as top-level keys or, since the
-//! official client only forwards Vast's fields, as a JSON object in `launch_args`, e.g.
+//! environment for both processes), `max_workers` (a per-group cap) and `provider` (where its
+//! workers come from: `local`, `external` or `vast`; see docs/fleet.md). They can be given as
+//! top-level keys or, since the official client only forwards Vast's fields, as a JSON object
+//! in `launch_args`, e.g.
 //! `launch_args='{"backend": "tgi", "model_cmd": "text-generation-launcher --port {model_port}"}'`.
 
 use std::collections::BTreeMap;
@@ -36,6 +38,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::config::ProviderKind;
 use crate::error::ControlError;
 
 /// Endpoint state as Vast names it.
@@ -150,6 +153,9 @@ pub struct Workergroup {
     /// Optional per-group cap on workers.
     #[serde(default)]
     pub max_workers: Option<u32>,
+    /// Ferry: where its workers come from; `None`: the control plane's `--provider`.
+    #[serde(default)]
+    pub provider: Option<ProviderKind>,
     /// Every other field as sent (Vast's `template_hash`, `search_params`, ...).
     #[serde(flatten)]
     pub vast: Map<String, Value>,
@@ -284,6 +290,8 @@ pub struct WorkergroupPatch {
     pub env: Option<BTreeMap<String, String>>,
     /// Per-group cap.
     pub max_workers: Option<u32>,
+    /// Ferry: where its workers come from.
+    pub provider: Option<ProviderKind>,
     /// Vast's own fields as sent (`template_hash`, `search_params`, ...), merged into the
     /// record.
     pub vast: Map<String, Value>,
@@ -319,6 +327,9 @@ impl WorkergroupPatch {
         }
         if let Some(v) = self.max_workers {
             wg.max_workers = Some(v);
+        }
+        if let Some(v) = self.provider {
+            wg.provider = Some(v);
         }
         wg.vast
             .extend(self.vast.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -425,6 +436,7 @@ mod tests {
             backend: None,
             env: BTreeMap::new(),
             max_workers: None,
+            provider: None,
             vast: Map::new(),
         };
         let mut vast = Map::new();

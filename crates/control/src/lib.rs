@@ -69,6 +69,7 @@ pub mod control;
 pub mod endpoint;
 pub mod error;
 pub mod events;
+pub mod joins;
 pub mod provider;
 pub mod queue;
 pub mod registry;
@@ -93,16 +94,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{ControlArgs, Settings};
-pub use control::{Control, RouteOutcome};
+pub use control::{Control, GroupScale, JoinRequest, Joined, RouteOutcome};
 pub use error::{ConfigError, ControlError, RunError};
-pub use provider::{LaunchSpec, Provider, ProviderError, ProviderEvent};
+pub use provider::{LaunchSpec, Provider, ProviderError, ProviderEvent, Providers};
 
 /// How long in-flight HTTP calls may take to finish after shutdown begins.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// The control plane's router.
 pub fn build_app(control: Control) -> Router {
-    use api::{endpoints as ep, gateway as gw, route as rt, worker as wk};
+    use api::{endpoints as ep, fleet as fl, gateway as gw, route as rt, worker as wk};
     let small = DefaultBodyLimit::max(api::MAX_BODY);
     let console = Router::new()
         .route(
@@ -145,6 +146,18 @@ pub fn build_app(control: Control) -> Router {
                     .put(ep::update_group)
                     .delete(ep::delete_group),
             );
+        for tail in ["join_tokens/", "join_tokens"] {
+            console = console.route(
+                &format!("{base}/{{id}}/{tail}"),
+                get(fl::list_join_tokens).post(fl::create_join_token),
+            );
+        }
+        for tail in ["scale/", "scale"] {
+            console = console.route(&format!("{base}/{{id}}/{tail}"), get(fl::group_scale));
+        }
+    }
+    for path in ["/api/v0/join_tokens/{id}/", "/api/v0/join_tokens/{id}"] {
+        console = console.route(path, axum::routing::delete(fl::revoke_join_token));
     }
     let console = console
         .route("/get_endpoint_workers/", post(rt::endpoint_workers))
@@ -170,6 +183,7 @@ pub fn build_app(control: Control) -> Router {
         .route("/pubkey", get(wk::pubkey))
         .route("/worker_status/", post(wk::worker_status))
         .route("/delete_requests/", post(wk::delete_requests))
+        .route("/join/", post(wk::join))
         .layer(small)
         .layer(axum::middleware::from_fn_with_state(
             Surface::Worker,
@@ -293,25 +307,30 @@ pub async fn run_cli(
     let p = &settings.provider;
     secrets::private_dir(&settings.state_dir)
         .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
-    let provider: Arc<dyn Provider> = match p.kind {
-        config::ProviderKind::Local => Arc::new(provider::local::LocalProvider::new(
-            provider::local::LocalConfig {
-                ferry_exe: exe,
-                state_dir: settings.state_dir.clone(),
-                model_cmd: p.model_cmd.clone(),
-                backend: p.backend.clone(),
-                stop_grace: p.stop_grace,
-                worker_env: [(
-                    "FERRY_SHUTDOWN_GRACE_S".to_owned(),
-                    p.stop_grace.as_secs().max(1).to_string(),
-                )]
-                .into_iter()
-                .collect(),
-            },
-        )),
-        config::ProviderKind::Vast => Arc::new(vast_provider(&settings)?),
-    };
-    let control = Control::new(settings.clone(), provider).await?;
+    // Local instances need nothing configured: the local provider is always there. The Vast
+    // provider is there when an API key is given.
+    let local = provider::local::LocalProvider::new(provider::local::LocalConfig {
+        ferry_exe: exe,
+        state_dir: settings.state_dir.clone(),
+        model_cmd: p.model_cmd.clone(),
+        backend: p.backend.clone(),
+        stop_grace: p.stop_grace,
+        worker_env: [(
+            "FERRY_SHUTDOWN_GRACE_S".to_owned(),
+            p.stop_grace.as_secs().max(1).to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    });
+    let mut list: Vec<Arc<dyn Provider>> = vec![Arc::new(local)];
+    if settings.vast.api_key.is_some() {
+        list.push(Arc::new(vast_provider(&settings)?));
+    }
+    let providers = Providers::new(list);
+    if let Err(e) = providers.get(p.kind) {
+        return Err(ConfigError::new("--provider", e.to_string()).into());
+    }
+    let control = Control::new(settings.clone(), providers).await?;
     announce_key(&control, &settings);
     run(listener, control, shutdown).await?;
     Ok(())

@@ -8,6 +8,7 @@
 //! | `ferry_control_queue_length` | gauge | |
 //! | `ferry_control_workers` | gauge | `state` (Vast's worker states) |
 //! | `ferry_control_scaling_actions_total` | counter | `action` = launch, resume, stop, destroy; `reason` |
+//! | `ferry_control_desired_workers` | gauge | `workergroup` (id): workers the autoscaler wants, warm or cold |
 //! | `ferry_control_responses_total` | counter | `surface` = console, run, worker, gateway, ops; `code` (`ok` or the error code); `source` = none, client, worker, internal |
 
 use std::collections::HashMap;
@@ -29,6 +30,8 @@ pub const QUEUE_LENGTH: &str = "ferry_control_queue_length";
 pub const WORKERS: &str = "ferry_control_workers";
 /// Scaling actions.
 pub const SCALING: &str = "ferry_control_scaling_actions_total";
+/// Desired workers per workergroup.
+pub const DESIRED_WORKERS: &str = "ferry_control_desired_workers";
 /// Every HTTP answer, by surface and outcome (see `api::outcome`).
 pub const RESPONSES: &str = "ferry_control_responses_total";
 
@@ -109,4 +112,9 @@ pub fn scaling(endpoint_id: i64, d: &Decision) {
 /// An HTTP answer (counted once, in `api::outcome`).
 pub fn response(surface: &'static str, code: &'static str, source: &'static str) {
     counter!(RESPONSES, "surface" => surface, "code" => code, "source" => source).increment(1);
+}
+
+/// A workergroup's desired size now.
+pub fn desired_workers(workergroup_id: i64, n: u32) {
+    gauge!(DESIRED_WORKERS, "workergroup" => workergroup_id.to_string()).set(f64::from(n));
 }

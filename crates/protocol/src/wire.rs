@@ -16,7 +16,7 @@ pub mod session;
 
 pub use auth::{AuthData, Cost, FieldErrors, MISSING_PARAMETER};
 pub use report::{
-    DeleteRequests, LegacyDeleteRequests, RequestRecord, RequestStatus, WorkerStatus,
+    DeleteRequests, LegacyDeleteRequests, RequestRecord, RequestStatus, StatusAnswer, WorkerStatus,
 };
 pub use request::{
     parse_worker_request, parse_worker_request_raw, AuthDataIssue, PayloadIssue, RawWorkerRequest,

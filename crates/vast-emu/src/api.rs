@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cloud::CreateRequest;
+use crate::create::CreateRequest;
 use crate::error::ApiError;
 use crate::knobs::{BootFailure, Gate, OutageMode};
 use crate::query::{parse_limit, Query, Row};

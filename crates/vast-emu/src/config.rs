@@ -33,8 +33,9 @@ pub struct EmuConfig {
     /// Time a stopped process group gets between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// Where instance directories (working directory and `onstart.log`) go; `None` makes a
-    /// fresh directory under the system's temporary directory (left in place afterwards,
-    /// for its logs).
+    /// fresh directory under the system's temporary directory, removed by
+    /// [`crate::Emulator::shutdown`] (kept when the emulator is dropped without one, so a
+    /// failed test leaves its logs behind).
     pub state_dir: Option<PathBuf>,
 }
 

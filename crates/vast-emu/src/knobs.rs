@@ -35,8 +35,7 @@ pub enum OutageMode {
     /// backend does.
     #[serde(rename = "503")]
     Unavailable,
-    /// Every API request has its connection reset (RST) without an answer, and new
-    /// connections are reset as soon as they are accepted.
+    /// Every API request has its connection reset (RST) without an answer.
     Reset,
 }
 
@@ -211,18 +210,6 @@ impl Knobs {
             return true;
         }
         false
-    }
-
-    /// Whether a reset-mode outage is on (checked at accept time).
-    pub(crate) fn resetting(&self) -> bool {
-        matches!(self.admit_peek(), Some(OutageMode::Reset))
-    }
-
-    fn admit_peek(&self) -> Option<OutageMode> {
-        let s = self.lock();
-        s.outage_until
-            .filter(|u| *u > Instant::now())
-            .map(|_| s.outage_mode)
     }
 
     /// What an API request meets: an outage first (the service is down), then the rate

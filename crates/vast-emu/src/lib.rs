@@ -110,7 +110,8 @@
 //! - `offers`: [`Offer`], the built-in catalogue (`catalogue.json`) and loading one from a
 //!   file.
 //! - `query`: Vast's filter language, for offers and instances.
-//! - `cloud`: the offers, instances and ledger, and every invariant between them.
+//! - `cloud`: the offers and instances, and every invariant between them; `create`: what a
+//!   create body asks for (command, env, ports); `ledger`: [`Ledger`].
 //! - `boot`: one run of an instance (boot, process group, stop).
 //! - `knobs`: [`Knobs`].
 //! - `error`: [`ApiError`], Vast's error shapes.
@@ -121,17 +122,18 @@ mod api;
 mod boot;
 mod cloud;
 mod config;
+mod create;
 mod error;
 mod knobs;
+mod ledger;
 mod offers;
 mod query;
 mod server;
 
-pub use cloud::{
-    Ledger, LedgerInstance, LedgerProcess, BOOT_FAILED_MSG, FIRST_INSTANCE_ID, OUTBID_MSG,
-};
+pub use cloud::{BOOT_FAILED_MSG, FIRST_INSTANCE_ID, OUTBID_MSG};
 pub use config::{EmuConfig, DEFAULT_BOOT_DELAY, DEFAULT_STOP_GRACE};
 pub use error::ApiError;
 pub use knobs::{BootFailure, Knobs, KnobsSnapshot, OutageMode, DEFAULT_RETRY_AFTER};
+pub use ledger::{Ledger, LedgerInstance, LedgerProcess};
 pub use offers::{default_offers, load_offers, Offer, OfferError};
 pub use server::Emulator;

@@ -3,8 +3,8 @@
 //! An [`Offer`] is the JSON object Vast returns in `{"offers": [...]}` from
 //! `POST /api/v0/bundles/`, kept as it is (field names as `vastai.data.offer.Offer` lists them:
 //! `gpu_ram` and `cpu_ram` in MB, `dph_total` in $/hour, `reliability` in 0..1, ...). The only
-//! fields the emulator needs are an integer `id`; it keeps `rented` (and `rentable`) true to
-//! its own bookkeeping in what it returns.
+//! field the emulator needs is an integer `id`; it keeps `rented` true to its own bookkeeping
+//! in what it returns, and refuses to rent an offer whose own `rentable` is `false`.
 
 use std::path::Path;
 

@@ -5,9 +5,11 @@
 //! `GET /api/v1/instances/?select_filters=...`.
 //!
 //! Semantics, chosen to match what a SQL backend does for the cases clients use: a missing
-//! column is `null`; numbers compare as numbers, with `true`/`false` as 1/0 (Python's `True ==
-//! 1`); strings compare exactly (no case folding); an ordering comparison between different
-//! kinds (a string against a number, anything against `null`) is false. Sorting puts `null`s
+//! column is `null`; two strings compare as strings, exactly (no case folding); anything else
+//! compares as numbers, with `true`/`false` as 1/0 (Python's `True == 1`) and a string that
+//! holds a number as that number (`vastai`'s query parser sends `num_gpus=1` as `{"eq": "1"}`);
+//! a comparison that is still not between two numbers (a word against a number, anything
+//! against `null`) is false. Sorting puts `null`s
 //! last in either direction and breaks ties by `id`, ascending.
 
 use std::cmp::Ordering;
@@ -280,11 +282,14 @@ pub fn parse_limit(v: &Value) -> Result<usize, QueryError> {
         .ok_or_else(|| QueryError::BadLimit(v.to_string()))
 }
 
-/// A number for comparison: numbers as they are, booleans as 1/0.
+/// A number for comparison: numbers as they are, booleans as 1/0, and strings that hold a
+/// number (the CLI's query parser sends `num_gpus=1` as `{"eq": "1"}`; Vast's backend casts
+/// it to the column's type).
 fn num(v: &Value) -> Option<f64> {
     match v {
         Value::Number(n) => n.as_f64(),
         Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
+        Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
@@ -325,7 +330,7 @@ mod tests {
     #[test]
     fn operators() {
         let r = row(
-            json!({"id": 1, "gpu_ram": 24576, "gpu_name": "RTX 4090", "verified": true,
+            json!({"id": 1, "gpu_ram": 24576, "num_gpus": 1, "gpu_name": "RTX 4090", "verified": true,
                            "external": false, "rented": false, "label": null}),
         );
         let cases = [
@@ -351,6 +356,13 @@ mod tests {
             (json!({"missing": {"eq": null}}), true),
             (json!({"missing": {"gt": 0}}), false),
             (json!({"gpu_name": {"gt": 3}}), false),
+            // What `vastai.api.query.parse_query` sends for `gpu_ram>=24 num_gpus=1 dph<0.5`.
+            (
+                json!({"gpu_ram": {"gte": 24000.0}, "num_gpus": {"eq": "1"}}),
+                true,
+            ),
+            (json!({"gpu_ram": {"lt": "24576.5"}}), true),
+            (json!({"gpu_ram": {"eq": "24576"}}), true),
         ];
         for (body, want) in cases {
             assert_eq!(search(body.clone()).matches(&r), want, "{body}");

@@ -1,10 +1,11 @@
 //! The running emulator: shared state, the accept loop, and the test handle [`Emulator`].
 //!
 //! Connections are served by hyper directly (not `axum::serve`) so a reset-mode outage can
-//! really reset them: a connection accepted during one is closed at once with `SO_LINGER` 0
-//! (an RST), and a request arriving on an already open connection gets its connection reset
-//! the same way, without an answer. For that, each connection keeps a duplicate of its socket
-//! and a token the request's middleware can fire.
+//! really reset them: an API request arriving during one gets its connection closed with
+//! `SO_LINGER` 0 (an RST), without an answer, whether the connection is new or already open.
+//! For that, each connection keeps a duplicate of its socket and a token the request's
+//! middleware can fire. Connections are not reset at accept time, so the `/_emu/` admin
+//! routes keep answering during the outage.
 
 use std::convert::Infallible;
 use std::io;
@@ -27,10 +28,11 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::boot;
-use crate::cloud::{BootOrder, Cloud, Ledger};
+use crate::cloud::{BootOrder, Cloud};
 use crate::config::EmuConfig;
 use crate::error::ApiError;
 use crate::knobs::Knobs;
+use crate::ledger::Ledger;
 use crate::offers::OfferError;
 
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -42,6 +44,8 @@ struct Shared {
     api_key: String,
     stop_grace: Duration,
     state_dir: PathBuf,
+    /// The state dir was made by the emulator (no `state_dir` configured).
+    own_state_dir: bool,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -116,7 +120,8 @@ where
 }
 
 /// A running emulator. [`Emulator::shutdown`] stops it and every process it started;
-/// dropping it without a shutdown SIGKILLs those process groups on the spot.
+/// dropping it without a shutdown SIGKILLs those process groups on the spot (and keeps the
+/// state directory, with the instances' logs, for a test that failed to look at).
 pub struct Emulator {
     emu: Emu,
     addr: SocketAddr,
@@ -140,6 +145,7 @@ impl Emulator {
                 OfferError::DuplicateId(w[0]).to_string(),
             ));
         }
+        let own_state_dir = cfg.state_dir.is_none();
         let state_dir = match cfg.state_dir {
             Some(d) => d,
             None => fresh_state_dir()?,
@@ -153,6 +159,7 @@ impl Emulator {
             api_key: cfg.api_key,
             stop_grace: cfg.stop_grace,
             state_dir,
+            own_state_dir,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
         }));
@@ -211,13 +218,23 @@ impl Emulator {
     }
 
     /// Stops serving, stops every instance's processes (SIGTERM, SIGKILL after the stop
-    /// grace) and waits for them; returns the final ledger.
+    /// grace) and waits for them; returns the final ledger. A state directory the emulator
+    /// made itself (no [`EmuConfig::state_dir`]) is removed, once nothing runs in it any more;
+    /// a configured one is left as it is.
+    ///
+    /// [`EmuConfig::state_dir`]: crate::EmuConfig::state_dir
     pub async fn shutdown(mut self) -> Ledger {
         self.shut_down = true;
         self.emu.0.cancel.cancel();
         self.emu.0.tracker.close();
         self.emu.0.tracker.wait().await;
-        self.ledger()
+        let ledger = self.ledger();
+        if self.emu.0.own_state_dir && ledger.processes.is_empty() {
+            if let Err(e) = tokio::fs::remove_dir_all(&self.emu.0.state_dir).await {
+                tracing::warn!(error = %e, "cannot remove the state dir");
+            }
+        }
+        ledger
     }
 }
 
@@ -263,11 +280,6 @@ async fn accept_loop(emu: Emu, listener: TcpListener, app: Router) {
                 }
             },
         };
-        if emu.knobs().resetting() {
-            // An outage that resets connections: RST at once, nothing read.
-            let _ = stream.set_zero_linger();
-            continue;
-        }
         let (stream, dup) = match keep_duplicate(stream) {
             Ok(pair) => pair,
             Err(e) => {

@@ -27,7 +27,7 @@ pub fn run(matches: &ArgMatches) -> Result<(), CliError> {
     return_freed_memory();
     let (args, presets) =
         WorkerArgs::from_matches(matches).map_err(|e| CliError::Config(e.to_string()))?;
-    let settings = args
+    let mut settings = args
         .validate(&presets)
         .map_err(|e| CliError::Config(e.to_string()))?;
     // Before any limit is derived from it: as many descriptors as the hard limit allows.
@@ -36,8 +36,6 @@ pub fn run(matches: &ArgMatches) -> Result<(), CliError> {
     let runtime = runtime(settings.threads)
         .map_err(|e| CliError::Runtime(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
-        let worker = Worker::new(settings)
-            .map_err(|e| CliError::Runtime(format!("starting the worker: {e}")))?;
         let stop = CancellationToken::new();
         let signal = stop.clone();
         let signals = TaskTracker::new();
@@ -46,6 +44,17 @@ pub fn run(matches: &ArgMatches) -> Result<(), CliError> {
             signal.cancel();
         });
         signals.close();
+        if settings.join_token.is_some() {
+            let http = crate::control_client()
+                .map_err(|e| CliError::Runtime(format!("starting the worker: {e}")))?;
+            match crate::join::join(&mut settings, &http, &stop).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()), // stopped before it joined
+                Err(e) => return Err(CliError::Config(e.to_string())),
+            }
+        }
+        let worker = Worker::new(settings)
+            .map_err(|e| CliError::Runtime(format!("starting the worker: {e}")))?;
         let Some(listeners) = worker.bind(&stop).await else {
             return Ok(()); // stopped before the port came free
         };

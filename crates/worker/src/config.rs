@@ -64,6 +64,17 @@ pub struct WorkerArgs {
     #[arg(long, env = "MASTER_TOKEN", default_value = "")]
     pub master_token: Option<String>,
 
+    /// Ferry: the worker id to report, over CONTAINER_ID (on Vast, CONTAINER_ID is always the
+    /// instance id; a Ferry control plane renting Vast instances passes its own id here).
+    #[arg(long, env = "FERRY_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// Ferry: a join token of an external workergroup. The worker registers with the control
+    /// plane at REPORT_ADDR (`POST /join/`) and gets its id and master token from it, so
+    /// CONTAINER_ID and MASTER_TOKEN are not needed.
+    #[arg(long, env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+
     /// Truthy (Python strtobool) disables signature checks.
     #[arg(long, env = "UNSECURED", default_value = "false")]
     pub unsecured: Option<String>,
@@ -311,6 +322,8 @@ pub struct Settings {
     pub use_ssl: bool,
     pub model_log: Option<PathBuf>,
     pub master_token: Secret,
+    /// Ferry: join an external workergroup with this token (see [`crate::join`]).
+    pub join_token: Option<Secret>,
     pub unsecured: bool,
     pub model_server_url: String,
     pub model_health_endpoint: Option<String>,
@@ -483,10 +496,19 @@ impl WorkerArgs {
         if report_addrs.is_empty() {
             return Err(ConfigError::new("REPORT_ADDR", "names no address"));
         }
-        let container_id = req(&self.container_id, "CONTAINER_ID")?
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| ConfigError::new("CONTAINER_ID", "must be an integer"))?;
+        let container_id = match self.worker_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id
+                .parse::<i64>()
+                .map_err(|_| ConfigError::new("FERRY_WORKER_ID", "must be an integer"))?,
+            _ => req(&self.container_id, "CONTAINER_ID")?
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| ConfigError::new("CONTAINER_ID", "must be an integer"))?,
+        };
+        let join_token = match self.join_token.as_deref().map(str::trim) {
+            Some(t) if !t.is_empty() => Some(Secret::new(t.to_owned())),
+            _ => None,
+        };
         let use_ssl = match req(&self.use_ssl, "USE_SSL")?.trim() {
             "true" => true,
             "false" | "" => false,
@@ -605,6 +627,7 @@ impl WorkerArgs {
             use_ssl,
             model_log: self.model_log.clone(),
             master_token: Secret::new(self.master_token.clone().unwrap_or_default()),
+            join_token,
             unsecured,
             model_server_url,
             model_health_endpoint,

@@ -50,6 +50,9 @@ pub enum WorkerError {
     NoRoute(String),
     #[error("the worker is shutting down")]
     ShuttingDown,
+    /// Told to stay cold by its control plane (or no longer known to it).
+    #[error("the worker is cold: its control plane routes no requests to it")]
+    Cold,
     #[error("cannot connect to the model server: {0}")]
     UpstreamConnect(String),
     #[error("model server connection failed: {0}")]
@@ -78,6 +81,7 @@ impl WorkerError {
             WorkerError::UpdateUnauthorized => "unauthorized",
             WorkerError::NoRoute(_) => "no_route",
             WorkerError::ShuttingDown => "shutting_down",
+            WorkerError::Cold => "cold",
             WorkerError::UpstreamConnect(_) => "upstream_connect",
             WorkerError::UpstreamTransport(_) => "upstream_transport",
             WorkerError::UpstreamTimeout(_) => "upstream_timeout",
@@ -101,7 +105,7 @@ impl WorkerError {
             WorkerError::SessionAuth | WorkerError::UpdateUnauthorized => StatusCode::UNAUTHORIZED,
             WorkerError::MaxSessions => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::NoRoute(_) => StatusCode::NOT_FOUND,
-            WorkerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            WorkerError::ShuttingDown | WorkerError::Cold => StatusCode::SERVICE_UNAVAILABLE,
             WorkerError::UpstreamConnect(_) | WorkerError::UpstreamTransport(_) => {
                 StatusCode::BAD_GATEWAY
             }

@@ -10,7 +10,8 @@
 //! - [`backends`]: presets (routes, workload formulas) per model server.
 //! - [`server`]: `build_app` and the request path; [`forward`]: the model server client and relay.
 //! - [`auth`]: public key fetch, signature check, Ferry's token; [`load`]: load accounting.
-//! - [`report`]: `/worker_status/` and `/delete_requests/` loops.
+//! - [`report`]: `/worker_status/` and `/delete_requests/` loops; [`join`]: joining a Ferry
+//!   control plane's external workergroup with a token.
 //! - [`error`]: the error type and its single HTTP mapping.
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod hooks;
+pub mod join;
 pub mod load;
 pub mod readiness;
 pub mod report;
@@ -82,14 +84,7 @@ impl Listeners {
 impl Worker {
     /// Builds a worker from validated settings.
     pub fn new(settings: Settings) -> Result<Worker, error::WorkerError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(4)
-            .user_agent(concat!("ferry-worker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                error::WorkerError::Internal(format!("building the report client: {e}"))
-            })?;
+        let http = control_client()?;
         let grace = settings.shutdown_grace;
         // Install the metrics recorder before the state registers its metric handles.
         let _ = telemetry::handle();
@@ -333,6 +328,16 @@ impl Worker {
         tracing::info!("ferry worker stopped");
         result
     }
+}
+
+/// The HTTP client for the control plane (reports, joining, the public key).
+pub fn control_client() -> Result<reqwest::Client, error::WorkerError> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(4)
+        .user_agent(concat!("ferry-worker/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| error::WorkerError::Internal(format!("building the report client: {e}")))
 }
 
 /// A listener's limits with the client timeouts from `settings`.

@@ -86,6 +86,8 @@ struct Inner {
     dropped_records: u64,
     update_pending: bool,
     model: ModelState,
+    /// Told by a Ferry control plane to stay cold (see [`Tracker::set_cold`]).
+    cold: bool,
 }
 
 /// Shared load tracker. Cheap to clone.
@@ -106,6 +108,7 @@ pub struct StatusSnapshot {
     pub working_request_idxs: Vec<u64>,
     pub model: ModelState,
     pub update_pending: bool,
+    pub cold: bool,
 }
 
 /// How a request counts in the load sums.
@@ -145,6 +148,7 @@ impl Tracker {
                 // The first tick reports at once, as PyWorker's first loading heartbeat does.
                 update_pending: true,
                 model: ModelState::default(),
+                cold: false,
             })),
             started: Instant::now(),
             buffer_limit: buffer_limit.max(1),
@@ -323,6 +327,22 @@ impl Tracker {
         inner.update_pending = true;
     }
 
+    /// A Ferry control plane's directive: while cold the worker takes no requests (503) and
+    /// says so in its reports and on `/ready`. A change is reported at the next tick.
+    pub fn set_cold(&self, cold: bool) {
+        let mut inner = self.lock();
+        if inner.cold != cold {
+            tracing::info!(cold, "control plane directive");
+            inner.cold = cold;
+            inner.update_pending = true;
+        }
+    }
+
+    /// Whether the worker is cold.
+    pub fn is_cold(&self) -> bool {
+        self.lock().cold
+    }
+
     /// Clears the error message if it is still `msg` (a recovered condition).
     pub fn clear_error(&self, msg: &str) {
         let mut inner = self.lock();
@@ -356,6 +376,7 @@ impl Tracker {
             working_request_idxs: inner.working.values().map(|w| w.request_idx).collect(),
             model: inner.model.clone(),
             update_pending: inner.update_pending,
+            cold: inner.cold,
         }
     }
 

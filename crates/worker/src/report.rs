@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use ferry_protocol::{DeleteRequests, WorkerStatus};
+use ferry_protocol::{DeleteRequests, StatusAnswer, WorkerStatus};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +43,8 @@ pub struct Reporter {
     retry: Duration,
     tracker: Tracker,
     disk: DiskUsage,
+    /// Joined with a token (a Ferry control plane): reads directives from report answers.
+    joined: bool,
 }
 
 impl Reporter {
@@ -60,6 +62,7 @@ impl Reporter {
             retry: settings.report_retry,
             tracker,
             disk: DiskUsage::new(),
+            joined: settings.join_token.is_some(),
         }
     }
 
@@ -128,19 +131,41 @@ impl Reporter {
             disk_usage,
             working_request_idxs: snap.working_request_idxs.clone(),
             url: self.url.clone(),
+            cold: snap.cold,
         }
     }
 
     async fn send_status(&mut self, snap: &StatusSnapshot, cancel: &CancellationToken) -> bool {
         let body = self.status_body(snap);
-        let ok = self
+        match self
             .post_failover("worker_status/", &body, false, cancel)
-            .await;
-        if ok {
-            self.tracker.status_sent(snap);
-            self.disk.commit();
+            .await
+        {
+            Posted::Accepted(answer) => {
+                self.tracker.status_sent(snap);
+                self.disk.commit();
+                if self.joined {
+                    // Ferry's answer carries the cold directive; any other body means none.
+                    if let Ok(a) = serde_json::from_slice::<StatusAnswer>(&answer) {
+                        self.tracker.set_cold(a.cold);
+                    }
+                }
+                true
+            }
+            Posted::Unknown if self.joined => {
+                // The control plane removed this worker (scaled down while away): take no
+                // requests; an orchestrator replaces the process (it reports not ready).
+                if !snap.cold {
+                    tracing::warn!(
+                        worker = self.container_id,
+                        "the control plane no longer knows this worker; taking no requests"
+                    );
+                }
+                self.tracker.set_cold(true);
+                false
+            }
+            Posted::Unknown | Posted::Failed => false,
         }
-        ok
     }
 
     /// Sends one batch; true if one was sent and more may be waiting.
@@ -154,7 +179,7 @@ impl Reporter {
             mtoken: self.mtoken.clone(),
             requests,
         };
-        if self
+        if let Posted::Accepted(_) = self
             .post_failover("delete_requests/", &body, true, cancel)
             .await
         {
@@ -171,13 +196,13 @@ impl Reporter {
         body: &T,
         skip_redis: bool,
         cancel: &CancellationToken,
-    ) -> bool {
+    ) -> Posted {
         // Serialize once: a batch retried while the control plane is down is not re-encoded.
         let bytes = match serde_json::to_vec(body) {
             Ok(b) => bytes::Bytes::from(b),
             Err(e) => {
                 tracing::error!(error = %e, "cannot encode a report");
-                return false;
+                return Posted::Failed;
             }
         };
         for addr in &self.addrs {
@@ -192,7 +217,18 @@ impl Reporter {
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .body(bytes.clone());
                 match req.send().await {
-                    Ok(res) if res.status().is_success() => return true,
+                    Ok(res) if res.status().is_success() => {
+                        return Posted::Accepted(res.bytes().await.unwrap_or_default())
+                    }
+                    Ok(res)
+                        if self.joined
+                            && matches!(
+                                res.status(),
+                                http::StatusCode::UNAUTHORIZED | http::StatusCode::NOT_FOUND
+                            ) =>
+                    {
+                        return Posted::Unknown
+                    }
                     Ok(res) => {
                         tracing::debug!(url = %url, attempt, status = %res.status(), "report refused")
                     }
@@ -200,15 +236,25 @@ impl Reporter {
                 }
                 if attempt < ATTEMPTS_PER_ADDR {
                     tokio::select! {
-                        _ = cancel.cancelled() => return false,
+                        _ = cancel.cancelled() => return Posted::Failed,
                         _ = tokio::time::sleep(self.retry) => {}
                     }
                 }
             }
             tracing::warn!(url = %url, "report not accepted after {ATTEMPTS_PER_ADDR} attempts");
         }
-        false
+        Posted::Failed
     }
+}
+
+/// How a report post ended.
+enum Posted {
+    /// A 2xx, with its body.
+    Accepted(bytes::Bytes),
+    /// 401 (or 404) from a Ferry control plane to a joined worker: the worker is unknown there.
+    Unknown,
+    /// Not accepted by any address.
+    Failed,
 }
 
 /// Disk usage of `/` in GiB, and its growth since the last accepted report (psutil's `used`).

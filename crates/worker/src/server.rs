@@ -197,7 +197,8 @@ pub fn build_side_app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The admin listener: `/health` (process up), `/ready` (model ready, not draining), `/metrics`.
+/// The admin listener: `/health` (process up), `/ready` (model ready, not draining, not cold),
+/// `/metrics`.
 pub fn build_admin_app(state: AppState) -> Router {
     use axum::routing::get;
     Router::new()
@@ -212,10 +213,12 @@ pub fn build_admin_app(state: AppState) -> Router {
 
 async fn ready(State(state): State<AppState>) -> Response {
     let model = state.tracker().model();
-    let ready = model.is_ready() && !state.is_draining();
+    let cold = state.tracker().is_cold();
+    let ready = model.is_ready() && !state.is_draining() && !cold;
     let body = serde_json::json!({
         "ready": ready,
         "draining": state.is_draining(),
+        "cold": cold,
         "max_perf": model.max_perf,
         "loadtime": model.loadtime,
         "error_msg": model.error_msg,
@@ -336,6 +339,9 @@ async fn serve(
         .ok_or_else(|| WorkerError::NoRoute(path.to_string()))?;
     if state.is_draining() {
         return Err(WorkerError::ShuttingDown);
+    }
+    if state.tracker().is_cold() {
+        return Err(WorkerError::Cold);
     }
     let (bytes, mut budget) = read_body(state, headers, body).await?;
     let entered = epoch_now();

@@ -5,5 +5,6 @@
 mod args;
 mod bench;
 mod call;
+mod fleet;
 mod stack;
 mod trap;

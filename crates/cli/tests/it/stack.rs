@@ -17,7 +17,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A child process killed on drop.
-pub struct Proc(Child);
+pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {

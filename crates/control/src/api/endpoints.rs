@@ -32,7 +32,7 @@ use crate::Control;
 
 type JsonResult = Result<Json<Value>, ControlError>;
 
-fn auth(
+pub(crate) fn auth(
     c: &Control,
     headers: &HeaderMap,
     q: &HashMap<String, String>,
@@ -58,7 +58,7 @@ fn group_json(wg: &Workergroup) -> Value {
     serde_json::to_value(wg).unwrap_or(Value::Null)
 }
 
-fn parse_id(s: &str) -> Result<i64, ControlError> {
+pub(crate) fn parse_id(s: &str) -> Result<i64, ControlError> {
     s.trim()
         .parse::<i64>()
         .map_err(|_| ControlError::BadRequest(format!("bad id {s:?}")))

@@ -1,9 +1,11 @@
 //! The HTTP surface, one file per audience:
 //!
-//! - [`worker`]: what workers call (`/pubkey/`, `/worker_status/`, `/delete_requests/`).
+//! - [`worker`]: what workers call (`/pubkey/`, `/worker_status/`, `/delete_requests/`,
+//!   `/join/`).
 //! - [`route`]: what clients call on Vast's "run" host (`/route/`, worker lists).
 //! - [`endpoints`]: the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
 //!   `/api/v0/autojobs/`).
+//! - [`fleet`]: join tokens and the desired worker count (`/api/v0/workergroups/{id}/...`).
 //! - [`gateway`]: the OpenAI-compatible front (`/{endpoint}/v1/...`).
 //! - [`outcome`]: the layer that gives each surface's errors their audience's shape and counts
 //!   every answer.
@@ -12,6 +14,7 @@
 //! typed records into the answers' JSON.
 
 pub mod endpoints;
+pub mod fleet;
 pub mod gateway;
 pub mod outcome;
 pub mod patch;

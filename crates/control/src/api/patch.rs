@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::config::ProviderKind;
 use crate::endpoint::{EndpointPatch, EndpointRef, EndpointState, WorkergroupPatch};
 use crate::error::ControlError;
 
@@ -79,7 +80,14 @@ pub fn endpoint_patch(body: &Map<String, Value>) -> Result<EndpointPatch, Contro
 }
 
 /// Ferry's own workergroup fields.
-const WG_FERRY_KEYS: [&str; 5] = ["model_cmd", "worker_cmd", "backend", "env", "max_workers"];
+const WG_FERRY_KEYS: [&str; 6] = [
+    "model_cmd",
+    "worker_cmd",
+    "backend",
+    "env",
+    "max_workers",
+    "provider",
+];
 /// Fields never stored as sent (ids, owners, credentials).
 const WG_DROP_KEYS: [&str; 8] = [
     "id",
@@ -148,8 +156,16 @@ pub fn workergroup_patch(body: &Map<String, Value>) -> Result<WorkergroupPatch, 
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let provider = match text(&ferry, "provider")? {
+        None => None,
+        Some(p) => Some(
+            ProviderKind::parse(&p)
+                .ok_or_else(|| bad("provider: must be local, external or vast"))?,
+        ),
+    };
     Ok(WorkergroupPatch {
         endpoint,
+        provider,
         model_cmd: text(&ferry, "model_cmd")?,
         worker_cmd: text(&ferry, "worker_cmd")?,
         backend: text(&ferry, "backend")?,
@@ -213,6 +229,7 @@ mod tests {
             backend: None,
             env: BTreeMap::new(),
             max_workers: None,
+            provider: None,
             vast: Map::new(),
         };
         let body = json!({"template_hash": "abc", "search_params": "gpu_ram>=23",

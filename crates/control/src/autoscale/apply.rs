@@ -4,9 +4,11 @@
 
 use super::view::{endpoint_view, status_line, Sources};
 use super::{decide, Action, Decision, Tuning};
+use crate::config::ProviderKind;
 use crate::control::{random_hex, unix_now, Control, State};
 use crate::events::Level;
 use crate::provider::LaunchSpec;
+use crate::registry::Origin;
 use crate::telemetry;
 
 /// An errored worker stays visible this long before it is destroyed and replaced.
@@ -16,7 +18,7 @@ const REQUEST_TTL_S: f64 = 3600.0;
 
 /// A provider call to make once the lock is released.
 pub(super) enum Effect {
-    Launch(LaunchSpec),
+    Launch(ProviderKind, LaunchSpec),
     Act(Action, Option<LaunchSpec>),
 }
 
@@ -73,15 +75,20 @@ impl Control {
             }
             self.step_rollouts(s, mono, &mut effects);
             self.observe(s, mono, stale);
+            self.publish_desired(s);
             telemetry::workers_by_state(s.registry.iter().map(|w| w.state()));
             telemetry::queue_length(s.queue.len());
         }
         for effect in effects {
             let this = self.clone();
             match effect {
-                Effect::Launch(spec) => self.shared.tasks.spawn(async move {
+                Effect::Launch(kind, spec) => self.shared.tasks.spawn(async move {
                     let id = spec.worker_id;
-                    if let Err(e) = this.shared.provider.launch(spec).await {
+                    let launched = match this.shared.providers.get(kind) {
+                        Ok(p) => p.launch(spec).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = launched {
                         tracing::warn!(worker = id, error = %e, "launch failed");
                         this.mark_error(id, format!("launch failed: {e}"));
                     }
@@ -105,19 +112,14 @@ impl Control {
                 count,
             } => {
                 for _ in 0..count {
-                    let Some(ep) = s.catalog.group(workergroup_id).map(|g| g.endpoint_id) else {
+                    let Some(origin) = self.origin(s, workergroup_id) else {
                         break;
                     };
-                    let id = s.registry.create(
-                        ep,
-                        workergroup_id,
-                        random_hex(16),
-                        unix_now(),
-                        mono,
-                        store,
-                    );
+                    let id = s
+                        .registry
+                        .create(origin, random_hex(16), unix_now(), mono, store);
                     if let Some(spec) = self.spec_for(s, id) {
-                        effects.push(Effect::Launch(spec));
+                        effects.push(Effect::Launch(origin.provider, spec));
                     }
                 }
             }
@@ -140,7 +142,22 @@ impl Control {
 
     /// Carries out a resume, stop or destroy through the provider and records the outcome.
     pub(crate) async fn apply(&self, action: Action, spec: Option<LaunchSpec>) {
-        let p = &self.shared.provider;
+        let worker = match action {
+            Action::Resume { worker_id }
+            | Action::Stop { worker_id }
+            | Action::Destroy { worker_id } => worker_id,
+            Action::Launch { .. } => return,
+        };
+        let kind = self.lock().registry.get(worker).map(|w| w.provider());
+        let p = match kind.map(|k| self.shared.providers.get(k)) {
+            Some(Ok(p)) => p.clone(),
+            Some(Err(e)) => {
+                tracing::warn!(worker, error = %e, "no provider");
+                self.mark_error(worker, e.to_string());
+                return;
+            }
+            None => return,
+        };
         match action {
             Action::Resume { worker_id } => {
                 if let Some(spec) = spec {
@@ -200,6 +217,16 @@ impl Control {
             s.registry.release(worker, idx);
         }
         s.dispatch(store, mono, stale, None);
+    }
+
+    /// Where a new worker of `workergroup_id` belongs and which provider makes it.
+    pub(crate) fn origin(&self, s: &State, workergroup_id: i64) -> Option<Origin> {
+        let g = s.catalog.group(workergroup_id)?;
+        Some(Origin {
+            endpoint_id: g.endpoint_id,
+            workergroup_id,
+            provider: g.provider.unwrap_or(self.shared.settings.provider.kind),
+        })
     }
 
     pub(super) fn spec_for(&self, s: &State, worker_id: i64) -> Option<LaunchSpec> {

@@ -20,7 +20,8 @@
 //! 7. Too many active: stop ready workers idle for longer than the idle limit
 //!    (`inactivity_timeout` when positive, else the control plane's default), longest idle
 //!    first; stop keeps them cold when the total target has room, else destroy.
-//! 8. Errored workers are destroyed; `suspended` endpoints are left alone; `stopped`
+//! 8. Errored workers are destroyed (except unreachable joined workers, which may come back:
+//!    they are left out of every count, so their capacity is replaced at once); `suspended` endpoints are left alone; `stopped`
 //!    endpoints have every running worker stopped.
 
 use crate::endpoint::{EndpointParams, EndpointState};
@@ -44,6 +45,10 @@ pub struct WorkerView {
     pub idle_for: f64,
     /// Seconds in its current state.
     pub in_state_for: f64,
+    /// An unreachable joined worker (`error`, reports stopped) that may still come back: it
+    /// is neither destroyed nor counted, so its capacity is replaced at once, and it rejoins
+    /// the pool when its reports resume (the surplus is then scaled down as usual).
+    pub may_return: bool,
 }
 
 /// One workergroup: where new workers come from.
@@ -153,11 +158,9 @@ pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
     if p.endpoint_state == EndpointState::Suspended {
         return out;
     }
-    for w in v
-        .workers
-        .iter()
-        .filter(|w| w.state == WorkerState::Error && w.in_state_for >= tuning.error_hold)
-    {
+    for w in v.workers.iter().filter(|w| {
+        w.state == WorkerState::Error && w.in_state_for >= tuning.error_hold && !w.may_return
+    }) {
         out.push(Decision {
             action: Action::Destroy { worker_id: w.id },
             reason: "worker_error",
@@ -172,7 +175,9 @@ pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
     let held_errors = v
         .workers
         .iter()
-        .filter(|w| w.state == WorkerState::Error && w.in_state_for < tuning.error_hold)
+        .filter(|w| {
+            w.state == WorkerState::Error && w.in_state_for < tuning.error_hold && !w.may_return
+        })
         .count() as u32;
     let is_active = |w: &&&WorkerView| w.state.is_coming() || w.state == WorkerState::Idle;
     let active: Vec<&WorkerView> = live.iter().filter(is_active).copied().collect();
@@ -395,6 +400,7 @@ mod tests {
             load,
             idle_for,
             in_state_for: idle_for,
+            may_return: false,
         }
     }
 
@@ -584,6 +590,24 @@ mod tests {
                 name: "a fresh error is held: no replacement until the hold ends",
                 view: queued(view(params(|_| {}), vec![w(1, Error, 0.0, 1.0)]), 1),
                 want: vec![],
+            },
+            Case {
+                name: "an unreachable joined worker is kept, and replaced at once",
+                view: view(
+                    params(|p| p.min_load = 150.0),
+                    vec![
+                        w(1, Idle, 0.0, 0.0),
+                        WorkerView {
+                            may_return: true,
+                            ..w(2, Error, 0.0, 1.0)
+                        },
+                        WorkerView {
+                            may_return: true,
+                            ..w(3, Error, 0.0, 600.0)
+                        },
+                    ],
+                ),
+                want: vec![launch(1)],
             },
             Case {
                 name: "suspended endpoint left alone",

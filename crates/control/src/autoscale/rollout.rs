@@ -120,10 +120,10 @@ impl Control {
     fn step_rollout(&self, s: &mut State, group: i64, mono: f64, effects: &mut Vec<Effect>) {
         let store = self.store();
         let unix = unix_now();
-        if s.catalog.group(group).is_none() {
+        let Some(origin) = self.origin(s, group) else {
             s.rollouts.by_group.remove(&group);
             return;
-        }
+        };
         let Some(r) = s.rollouts.by_group.get_mut(&group) else {
             return;
         };
@@ -180,9 +180,7 @@ impl Control {
                 s.rollouts.by_group.remove(&group);
                 log.push("rolling update finished".into());
             } else {
-                let id = s
-                    .registry
-                    .create(endpoint, group, random_hex(16), unix, mono, store);
+                let id = s.registry.create(origin, random_hex(16), unix, mono, store);
                 r.replacement = Some(id);
                 log.push(format!(
                     "rolling update: launching worker {id} to replace one of {}",
@@ -192,7 +190,9 @@ impl Control {
             }
         }
         if let Some(spec) = launched.and_then(|id| self.spec_for(s, id)) {
-            effects.push(Effect::Launch(spec));
+            if let Some(w) = s.registry.get(spec.worker_id) {
+                effects.push(Effect::Launch(w.provider(), spec));
+            }
         }
         for text in log {
             s.events

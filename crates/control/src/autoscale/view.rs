@@ -4,7 +4,7 @@
 use super::{EndpointView, GroupView, WorkerView};
 use crate::catalog::Catalog;
 use crate::queue::Queue;
-use crate::registry::{Registry, WorkerRec, WorkerState};
+use crate::registry::{Registry, WorkerRec, WorkerState, LOAD_DEADLINE_S};
 use crate::stats::Stats;
 
 /// The components a view is built from.
@@ -49,6 +49,7 @@ pub(crate) fn endpoint_view(
                 load: w.load(),
                 idle_for: mono - w.last_busy(),
                 in_state_for: mono - w.state_since(),
+                may_return: w.unreachable() && w.silence(mono) < LOAD_DEADLINE_S,
             }
         })
         .collect();
@@ -57,7 +58,11 @@ pub(crate) fn endpoint_view(
         .groups_of(ep_id)
         .map(|g| GroupView {
             id: g.id,
-            workers: src.registry.of_group(g.id).filter(live).count() as u32,
+            workers: src
+                .registry
+                .of_group(g.id)
+                .filter(|w| live(w) && !w.unreachable())
+                .count() as u32,
             max_workers: g.max_workers,
         })
         .collect();

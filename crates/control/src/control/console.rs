@@ -51,7 +51,9 @@ impl Control {
         let doomed = {
             let mut g = self.lock();
             let s = &mut *g;
-            s.catalog.delete_endpoint(id, self.store())?;
+            for group in s.catalog.delete_endpoint(id, self.store())? {
+                s.joins.forget_group(group, self.store());
+            }
             for (idx, worker) in s.queue.remove_endpoint(id, self.store()) {
                 s.registry.release(worker, idx);
             }
@@ -77,8 +79,17 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("no workergroup {id}")))
     }
 
+    /// A workergroup may name only a provider this control plane has.
+    fn check_provider(&self, patch: &WorkergroupPatch) -> Result<(), ControlError> {
+        match patch.provider.map(|k| self.shared.providers.get(k)) {
+            Some(Err(e)) => Err(ControlError::BadRequest(format!("provider: {e}"))),
+            _ => Ok(()),
+        }
+    }
+
     /// Creates a workergroup; returns its id once it is durable.
     pub async fn create_workergroup(&self, patch: &WorkergroupPatch) -> Result<i64, ControlError> {
+        self.check_provider(patch)?;
         let id = self
             .lock()
             .catalog
@@ -94,6 +105,7 @@ impl Control {
         id: i64,
         patch: &WorkergroupPatch,
     ) -> Result<(), ControlError> {
+        self.check_provider(patch)?;
         self.lock().catalog.update_group(id, patch, self.store())?;
         self.shared.store.flush().await;
         Ok(())
@@ -104,6 +116,7 @@ impl Control {
         let doomed = {
             let mut g = self.lock();
             g.catalog.delete_group(id, self.store())?;
+            g.joins.forget_group(id, self.store());
             g.registry.doom(|w| w.workergroup_id() == id, self.mono())
         };
         self.destroy_all(doomed);

@@ -37,7 +37,8 @@ use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::error::RunError;
 use crate::events::Events;
-use crate::provider::{Provider, ProviderEvent};
+use crate::joins::JoinTokens;
+use crate::provider::{ProviderEvent, Providers};
 use crate::queue::Queue;
 use crate::registry::{Registry, WorkerInfo, WorkerState};
 use crate::stats::Stats;
@@ -46,7 +47,10 @@ use crate::telemetry;
 
 mod auth;
 mod console;
+mod fleet;
 mod reports;
+
+pub use fleet::{GroupScale, JoinRequest, Joined};
 #[cfg(test)]
 mod tests;
 
@@ -99,6 +103,7 @@ pub enum RouteOutcome {
 pub(crate) struct State {
     pub(crate) catalog: Catalog,
     pub(crate) registry: Registry,
+    pub(crate) joins: JoinTokens,
     pub(crate) queue: Queue,
     pub(crate) stats: Stats,
     /// Recent history per endpoint and workergroup (the logs routes).
@@ -121,7 +126,7 @@ pub(crate) struct Shared {
     pubkey_pem: String,
     pub(crate) account_key: String,
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) providers: Providers,
     state: Mutex<State>,
     pub(crate) changed: Notify,
     epoch: Instant,
@@ -134,21 +139,24 @@ pub(crate) struct Shared {
 impl Control {
     /// Opens the SQLite database of `settings` and starts the control plane on it
     /// ([`Control::with_store`]). Blocking work (SQLite) runs on the blocking pool.
-    pub async fn new(settings: Settings, provider: Arc<dyn Provider>) -> Result<Control, RunError> {
+    pub async fn new(
+        settings: Settings,
+        providers: impl Into<Providers>,
+    ) -> Result<Control, RunError> {
         let db = settings.db.clone();
         let (store, loaded) = tokio::task::spawn_blocking(move || SqliteStore::open(db.as_deref()))
             .await
             .map_err(|e| RunError::Store(e.to_string()))?
             .map_err(RunError::Store)?;
-        Control::with_store(settings, provider, Arc::new(store), loaded).await
+        Control::with_store(settings, providers, Arc::new(store), loaded).await
     }
 
     /// Starts the control plane on an open store and what it read: loads or creates the keys
     /// (RSA key generation on the blocking pool), restores the components, subscribes to the
-    /// provider and takes back the instances that outlived the previous run.
+    /// providers and takes back the instances that outlived the previous run.
     pub async fn with_store(
         settings: Settings,
-        provider: Arc<dyn Provider>,
+        providers: impl Into<Providers>,
         store: Arc<dyn Store>,
         loaded: Loaded,
     ) -> Result<Control, RunError> {
@@ -186,9 +194,12 @@ impl Control {
         let _ = telemetry::handle();
         let mut state = restore(&loaded, store.as_ref());
         let pubkey_pem = key.public_key().to_pem();
+        let providers = providers.into();
         let (tx, rx) = mpsc::channel(1024);
-        provider.subscribe(tx);
-        adopt_instances(&mut state.registry, provider.as_ref(), store.as_ref()).await;
+        for p in providers.iter() {
+            p.subscribe(tx.clone());
+        }
+        adopt_instances(&mut state.registry, &providers, store.as_ref()).await;
         store.flush().await;
         Ok(Control {
             shared: Arc::new(Shared {
@@ -197,7 +208,7 @@ impl Control {
                 pubkey_pem,
                 account_key,
                 store,
-                provider,
+                providers,
                 state: Mutex::new(state),
                 changed: Notify::new(),
                 epoch: Instant::now(),
@@ -313,7 +324,10 @@ impl Control {
     /// grace ends in SIGKILL. Calling it again does nothing more.
     pub async fn stop_workers(&self) {
         self.shared.cancel.cancel();
-        let stopped = self.shared.provider.shutdown().await;
+        let mut stopped = Vec::new();
+        for p in self.shared.providers.iter() {
+            stopped.extend(p.shutdown().await);
+        }
         let mono = self.mono();
         self.lock()
             .registry
@@ -334,20 +348,23 @@ impl Control {
 /// Takes back the instances that outlived the previous run (a crash leaves them serving). A
 /// worker the store counts as up whose instance is gone is recorded as stopped: cold, so the
 /// autoscaler resumes it from its disk when it is needed.
-async fn adopt_instances(registry: &mut Registry, provider: &dyn Provider, store: &dyn Store) {
-    let up = registry.coming();
-    let Some(adopted) = provider.adopt(up.clone()).await else {
-        return;
-    };
-    for id in up.iter().filter(|id| !adopted.contains(id)) {
-        registry.lost(*id, store);
-    }
-    if !up.is_empty() {
-        tracing::info!(
-            adopted = adopted.len(),
-            lost = up.len() - adopted.len(),
-            "instances after restart"
-        );
+async fn adopt_instances(registry: &mut Registry, providers: &Providers, store: &dyn Store) {
+    for p in providers.iter() {
+        let up = registry.coming(p.kind());
+        let Some(adopted) = p.adopt(up.clone()).await else {
+            continue;
+        };
+        for id in up.iter().filter(|id| !adopted.contains(id)) {
+            registry.lost(*id, store);
+        }
+        if !up.is_empty() {
+            tracing::info!(
+                provider = p.name(),
+                adopted = adopted.len(),
+                lost = up.len() - adopted.len(),
+                "instances after restart"
+            );
+        }
     }
 }
 
@@ -355,6 +372,7 @@ fn restore(loaded: &Loaded, store: &dyn Store) -> State {
     let state = State {
         catalog: Catalog::restore(loaded),
         registry: Registry::restore(loaded),
+        joins: JoinTokens::restore(loaded),
         queue: Queue::restore(loaded, store),
         stats: Stats::default(),
         events: Events::default(),

@@ -2,7 +2,7 @@
 //! `/delete_requests/` and provider events. Each frees or changes capacity, so each ends in a
 //! dispatch of the queue.
 
-use ferry_protocol::{DeleteRequests, WorkerStatus};
+use ferry_protocol::{DeleteRequests, StatusAnswer, WorkerStatus};
 
 use super::{unix_now, Control};
 use crate::error::ControlError;
@@ -10,17 +10,21 @@ use crate::provider::ProviderEvent;
 use crate::telemetry;
 
 impl Control {
-    /// `/worker_status/`.
-    pub fn worker_status(&self, s: &WorkerStatus) -> Result<(), ControlError> {
+    /// `/worker_status/`: returns the answer, with the `cold` directive for the worker.
+    pub fn worker_status(&self, s: &WorkerStatus) -> Result<StatusAnswer, ControlError> {
         let mono = self.mono();
-        {
+        let cold = {
             let mut g = self.lock();
             g.registry.report(s, unix_now(), mono, self.store())?;
             g.dispatch(self.store(), mono, self.stale(), None);
             telemetry::queue_length(g.queue.len());
-        }
+            g.registry.get(s.id).is_some_and(|w| w.cold())
+        };
         self.shared.changed.notify_waiters();
-        Ok(())
+        Ok(StatusAnswer {
+            success: true,
+            cold,
+        })
     }
 
     /// `/delete_requests/`: returns how many of the worker's requests were forgotten.

@@ -10,6 +10,8 @@ use std::time::Duration;
 use ferry_protocol::{SigningKey, WorkerStatus};
 use futures_util::future::BoxFuture;
 
+use crate::Provider;
+
 use super::*;
 use crate::autoscale::Action;
 use crate::endpoint::{EndpointPatch, EndpointRef, WorkergroupPatch};
@@ -262,4 +264,88 @@ async fn routed_load_counts_until_acknowledged_or_expired() {
     f.report(&spec, 0.0);
     f.control.autoscale_tick();
     assert_eq!(pending(&f), 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_joined_worker_is_replaced_kept_and_readmitted() {
+    let f = fixture(EndpointPatch {
+        cold_workers: Some(1),
+        cold_mult: Some(1.0),
+        ..EndpointPatch::default()
+    })
+    .await;
+    let group = f.control.workergroups()[0].id;
+    let external = WorkergroupPatch {
+        provider: Some(crate::config::ProviderKind::External),
+        ..WorkergroupPatch::default()
+    };
+    f.control
+        .update_workergroup(group, &external)
+        .await
+        .unwrap();
+    // The autoscaler wants one worker: a placeholder, nothing launched.
+    f.control.autoscale_tick();
+    f.settle().await;
+    assert!(f.provider.launched.lock().unwrap().is_empty());
+    let s = f.control.group_scale(group).unwrap();
+    assert_eq!((s.desired_workers, s.waiting_to_join), (1, 1));
+    let (_, token) = f
+        .control
+        .create_join_token(group, String::new())
+        .await
+        .unwrap();
+    let joined = f
+        .control
+        .join(&token, "http://127.0.0.1:20001")
+        .await
+        .unwrap();
+    let spec = LaunchSpec {
+        worker_id: joined.worker_id,
+        mtoken: joined.mtoken.clone(),
+        control_url: String::new(),
+        endpoint: "e".into(),
+        workergroup_id: group,
+        model_cmd: None,
+        worker_cmd: None,
+        backend: None,
+        env: Default::default(),
+        vast: Default::default(),
+    };
+    f.report(&spec, 0.0);
+    assert_eq!(f.state(spec.worker_id), WorkerState::Idle);
+    assert_eq!(f.control.group_scale(group).unwrap().ready, 1);
+
+    // Cut off: not routed after the stale limit, "unreachable" after twice that.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    f.control.autoscale_tick();
+    let info = f.control.worker_info(spec.worker_id).unwrap();
+    assert_eq!(info.status, WorkerState::Error);
+    assert!(
+        info.error_msg.starts_with("unreachable"),
+        "{}",
+        info.error_msg
+    );
+    // Past the error hold it is kept, not destroyed, and its capacity is wanted again at once.
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let ds = f.control.autoscale_tick();
+        assert!(
+            !ds.iter().any(|d| d.action
+                == Action::Destroy {
+                    worker_id: spec.worker_id
+                }),
+            "{ds:?}"
+        );
+    }
+    let s = f.control.group_scale(group).unwrap();
+    assert_eq!(
+        (s.unreachable, s.waiting_to_join, s.ready),
+        (1, 1, 0),
+        "{s:?}"
+    );
+
+    // Back: its next report re-admits it under the same id, without joining again.
+    f.report(&spec, 0.0);
+    assert_eq!(f.state(spec.worker_id), WorkerState::Idle);
+    assert!(matches!(f.route(0), RouteOutcome::Ready(_)));
 }

@@ -10,14 +10,22 @@
 //!   re-benchmarking.
 //! - [`vast::VastProvider`]: instances rented from Vast through its REST API (offer search,
 //!   create, stop/resume, destroy), followed by polling the account's instance list.
-//! - A Kubernetes provider would map an instance to a pod (or a 1-replica StatefulSet, so
-//!   stop = scale to 0 keeps its volume with the benchmark cache), with the same env.
+//! - [`external::ExternalProvider`]: workers started elsewhere (other hosts, a Kubernetes
+//!   Deployment scaled on the control plane's desired count) that join with a token; the
+//!   provider launches nothing, and stop/resume reach the worker as a directive in its report
+//!   answer.
+//!
+//! A control plane holds one provider per [`ProviderKind`] ([`Providers`]); each workergroup
+//! names its kind (`provider`, default `--provider`) and each worker record keeps the kind it
+//! was created with.
 
+pub mod external;
 pub mod local;
 pub mod vast;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -105,6 +113,66 @@ pub trait Provider: Send + Sync + 'static {
     fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
         let _ = worker_ids;
         Box::pin(async { None })
+    }
+}
+
+/// One provider per kind: the control plane's view of where workers come from. The external
+/// provider is always there (it needs nothing); the others are there when configured.
+#[derive(Clone)]
+pub struct Providers {
+    by_kind: BTreeMap<ProviderKind, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    /// The given providers (a later one of the same kind replaces an earlier one), plus the
+    /// external provider unless one is given.
+    pub fn new(list: impl IntoIterator<Item = Arc<dyn Provider>>) -> Providers {
+        let mut by_kind: BTreeMap<ProviderKind, Arc<dyn Provider>> = BTreeMap::new();
+        by_kind.insert(ProviderKind::External, Arc::new(external::ExternalProvider));
+        for p in list {
+            by_kind.insert(p.kind(), p);
+        }
+        Providers { by_kind }
+    }
+
+    /// The provider of `kind`, or why there is none.
+    pub fn get(&self, kind: ProviderKind) -> Result<&Arc<dyn Provider>, ProviderError> {
+        self.by_kind.get(&kind).ok_or_else(|| {
+            ProviderError(format!(
+                "no {} provider is configured on this control plane{}",
+                kind.as_str(),
+                match kind {
+                    ProviderKind::Vast =>
+                        " (give it a Vast API key: --vast-api-key-file or VAST_API_KEY)",
+                    _ => "",
+                }
+            ))
+        })
+    }
+
+    /// Every provider.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.by_kind.values()
+    }
+}
+
+impl<P: Provider> From<Arc<P>> for Providers {
+    fn from(p: Arc<P>) -> Providers {
+        Providers::new([p as Arc<dyn Provider>])
+    }
+}
+
+impl From<Arc<dyn Provider>> for Providers {
+    fn from(p: Arc<dyn Provider>) -> Providers {
+        Providers::new([p])
+    }
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.by_kind.values().map(|p| p.name()))
+            .finish()
     }
 }
 

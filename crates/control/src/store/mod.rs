@@ -36,6 +36,8 @@ pub enum Kind {
     Worker,
     /// Queued requests.
     Queued,
+    /// Join tokens of external workergroups (hashes only).
+    JoinToken,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Workergroup => "workergroup",
             Kind::Worker => "worker",
             Kind::Queued => "queued",
+            Kind::JoinToken => "join_token",
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod connections;
 mod errors;
+mod fleet;
 mod flow;
 mod hardening;
 mod harness;

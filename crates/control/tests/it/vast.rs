@@ -209,6 +209,7 @@ impl Rig {
         let ep = v["result"].as_i64().unwrap();
         let mut group = json!({
             "endpoint_id": ep,
+            "provider": "vast",
             "image": "ferry/sim:test",
             "onstart": onstart(&ferry_exe()),
             "ports": [18000],

@@ -119,6 +119,25 @@ pub struct WorkerStatus {
     /// The worker's public base URL, `http[s]://PUBLIC_IPADDR:VAST_TCP_PORT_<WORKER_PORT>`.
     #[serde(deserialize_with = "or_default")]
     pub url: String,
+    /// Ferry: the worker is cold (a Ferry control plane told it so in a report answer, see
+    /// [`StatusAnswer`]) and takes no requests. Sent only when true, so Vast never sees it.
+    #[serde(
+        deserialize_with = "or_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub cold: bool,
+}
+
+/// Ferry's answer to `POST /worker_status/` (Vast answers with a body nobody reads; Ferry's
+/// workers read this one leniently: any other body means "no directive").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatusAnswer {
+    /// Accepted.
+    pub success: bool,
+    /// Directive for a joined worker: stay cold (stop taking requests, report not ready) while
+    /// true, warm up when false.
+    pub cold: bool,
 }
 
 /// A request's final state in `/delete_requests/`.
@@ -355,6 +374,7 @@ mod tests {
             disk_usage: 40.0,
             working_request_idxs: vec![7, 8, 9],
             url: "https://1.2.3.4:5".into(),
+            cold: false,
         };
         let text = serde_json::to_string(&s).expect("ser");
         assert_eq!(
