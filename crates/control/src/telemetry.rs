@@ -10,6 +10,9 @@
 //! | `ferry_control_scaling_actions_total` | counter | `action` = launch, resume, stop, destroy; `reason` |
 //! | `ferry_control_desired_workers` | gauge | `workergroup` (id): workers the autoscaler wants, warm or cold |
 //! | `ferry_control_responses_total` | counter | `surface` = console, run, worker, gateway, ops; `code` (`ok` or the error code); `source` = none, client, worker, internal |
+//! | `ferry_control_vast_api_calls_total` | counter | `call` = search, create, list, state, label, destroy; `outcome` = ok or the error code (after retries) |
+//! | `ferry_control_vast_api_retries_total` | counter | `call`; `reason` = rate_limited, unreachable, failed |
+//! | `ferry_control_vast_doomed_instances` | gauge | | Vast instances waiting for a confirmed destroy (stuck above 0: the API refuses destroys) |
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -34,6 +37,12 @@ pub const SCALING: &str = "ferry_control_scaling_actions_total";
 pub const DESIRED_WORKERS: &str = "ferry_control_desired_workers";
 /// Every HTTP answer, by surface and outcome (see `api::outcome`).
 pub const RESPONSES: &str = "ferry_control_responses_total";
+/// Vast API operations by outcome.
+pub const VAST_API_CALLS: &str = "ferry_control_vast_api_calls_total";
+/// Vast API requests retried, by why.
+pub const VAST_API_RETRIES: &str = "ferry_control_vast_api_retries_total";
+/// Vast instances waiting for a confirmed destroy.
+pub const VAST_DOOMED: &str = "ferry_control_vast_doomed_instances";
 
 /// The process-wide Prometheus recorder (installed on first use; `None` if another recorder
 /// was installed first).
@@ -74,6 +83,22 @@ pub fn workers_by_state(states: impl Iterator<Item = WorkerState>) {
     for s in WorkerState::ALL {
         gauge!(WORKERS, "state" => s.as_str()).set(counts.get(&s).copied().unwrap_or(0) as f64);
     }
+}
+
+/// A Vast API operation's outcome (after its retries).
+pub fn vast_api_call(call: &'static str, outcome: &'static str) {
+    counter!(VAST_API_CALLS, "call" => call, "outcome" => outcome).increment(1);
+}
+
+/// A Vast API request about to be retried: logged and counted together.
+pub fn vast_api_retry(call: &'static str, reason: &'static str, detail: &str, wait_ms: u64) {
+    tracing::debug!(call, reason, detail, wait_ms, "Vast API request retried");
+    counter!(VAST_API_RETRIES, "call" => call, "reason" => reason).increment(1);
+}
+
+/// Vast instances waiting for a confirmed destroy now.
+pub fn vast_doomed(n: usize) {
+    gauge!(VAST_DOOMED).set(n as f64);
 }
 
 /// A scaling decision: logged and counted together.

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::secrets::Secret;
+use crate::telemetry;
 
 /// Rows per page of the instance list (the most Vast's own client asks for).
 const PAGE: usize = 25;
@@ -159,6 +160,39 @@ pub struct Instance {
     pub label: Option<String>,
 }
 
+/// One API request, as the retry loop repeats it.
+struct Request {
+    /// Its name in metrics.
+    op: &'static str,
+    method: reqwest::Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Value>,
+    effect: Effect,
+}
+
+impl Request {
+    fn new(op: &'static str, method: reqwest::Method, path: String) -> Request {
+        Request {
+            op,
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+            effect: Effect::Idempotent,
+        }
+    }
+
+    fn body(mut self, body: Value) -> Request {
+        self.body = Some(body);
+        self
+    }
+}
+
+fn instance_path(id: i64) -> String {
+    format!("/api/v0/instances/{id}/")
+}
+
 /// One request's outcome, before the retry decision.
 enum Attempt {
     Answer(Value),
@@ -221,32 +255,23 @@ impl Api {
 
     /// Offers matching `query` (a Vast query dict with `order`, `type`, ...).
     pub async fn search(&self, query: &Value) -> Result<Vec<Offer>, ApiError> {
-        let v = self
-            .call(
-                reqwest::Method::POST,
-                "/api/v0/bundles/",
-                &[],
-                Some(query),
-                Effect::Idempotent,
-                Patience::Persist,
-            )
-            .await?;
+        let req = Request::new("search", reqwest::Method::POST, "/api/v0/bundles/".into())
+            .body(query.clone());
+        let v = self.call(&req, Patience::Persist).await?;
         let offers = v.get("offers").cloned().unwrap_or(Value::Array(Vec::new()));
         serde_json::from_value(offers).map_err(|e| ApiError::Decode(format!("offers: {e}")))
     }
 
     /// Creates an instance on `offer`; returns its id.
     pub async fn create(&self, offer: i64, body: &Value) -> Result<i64, ApiError> {
-        let v = self
-            .call(
-                reqwest::Method::PUT,
-                &format!("/api/v0/asks/{offer}/"),
-                &[],
-                Some(body),
-                Effect::Create,
-                Patience::Persist,
-            )
-            .await?;
+        let mut req = Request::new(
+            "create",
+            reqwest::Method::PUT,
+            format!("/api/v0/asks/{offer}/"),
+        )
+        .body(body.clone());
+        req.effect = Effect::Create;
+        let v = self.call(&req, Patience::Persist).await?;
         v.get("new_contract")
             .and_then(Value::as_i64)
             .ok_or_else(|| ApiError::Decode(format!("no new_contract in {}", clip(&v.to_string()))))
@@ -257,24 +282,16 @@ impl Api {
         let mut rows = Vec::new();
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES {
-            let mut query = vec![
+            let mut req = Request::new("list", reqwest::Method::GET, "/api/v1/instances/".into());
+            req.query = vec![
                 ("select_filters", "{}".to_owned()),
                 ("order_by", r#"[{"col": "id", "dir": "asc"}]"#.to_owned()),
                 ("limit", PAGE.to_string()),
             ];
             if let Some(t) = &token {
-                query.push(("after_token", t.clone()));
+                req.query.push(("after_token", t.clone()));
             }
-            let v = self
-                .call(
-                    reqwest::Method::GET,
-                    "/api/v1/instances/",
-                    &query,
-                    None,
-                    Effect::Idempotent,
-                    patience,
-                )
-                .await?;
+            let v = self.call(&req, patience).await?;
             let page = match v.get("instances") {
                 Some(Value::Array(a)) => a.clone(),
                 Some(Value::Null) | None => Vec::new(),
@@ -307,69 +324,52 @@ impl Api {
 
     /// Asks for an instance to be `stopped` or `running`.
     pub async fn set_state(&self, id: i64, state: &str) -> Result<(), ApiError> {
-        self.put_instance(id, json!({ "state": state }), Patience::Persist)
-            .await
+        let req = Request::new("state", reqwest::Method::PUT, instance_path(id))
+            .body(json!({ "state": state }));
+        self.call(&req, Patience::Persist).await.map(|_| ())
     }
 
     /// Sets an instance's label.
     pub async fn label(&self, id: i64, label: &str, patience: Patience) -> Result<(), ApiError> {
-        self.put_instance(id, json!({ "label": label }), patience)
-            .await
+        let req = Request::new("label", reqwest::Method::PUT, instance_path(id))
+            .body(json!({ "label": label }));
+        self.call(&req, patience).await.map(|_| ())
     }
 
     /// Destroys an instance; one already gone counts as destroyed.
     pub async fn destroy(&self, id: i64, patience: Patience) -> Result<(), ApiError> {
-        let r = self
-            .call(
-                reqwest::Method::DELETE,
-                &format!("/api/v0/instances/{id}/"),
-                &[],
-                Some(&json!({})),
-                Effect::Idempotent,
-                patience,
-            )
-            .await;
-        match r {
+        let req =
+            Request::new("destroy", reqwest::Method::DELETE, instance_path(id)).body(json!({}));
+        match self.call(&req, patience).await {
             Ok(_) | Err(ApiError::NotFound) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
-    async fn put_instance(&self, id: i64, body: Value, patience: Patience) -> Result<(), ApiError> {
-        self.call(
-            reqwest::Method::PUT,
-            &format!("/api/v0/instances/{id}/"),
-            &[],
-            Some(&body),
-            Effect::Idempotent,
-            patience,
-        )
-        .await
-        .map(|_| ())
+    /// One call with the retry policy (see the module docs), counted by its `op`.
+    async fn call(&self, req: &Request, patience: Patience) -> Result<Value, ApiError> {
+        let r = self.retrying(req, patience).await;
+        let outcome = match &r {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        telemetry::vast_api_call(req.op, outcome);
+        r
     }
 
-    /// One call with the retry policy (see the module docs).
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-        effect: Effect,
-        patience: Patience,
-    ) -> Result<Value, ApiError> {
+    async fn retrying(&self, req: &Request, patience: Patience) -> Result<Value, ApiError> {
         let deadline = Instant::now() + self.policy.deadline;
         let mut backoff = self.policy.initial;
         loop {
             self.wait_calm().await?;
-            let (wait, why) = match self.attempt(method.clone(), path, query, body).await {
+            let (wait, reason, why) = match self.attempt(req).await {
                 Attempt::Answer(v) => return Ok(v),
                 Attempt::Failed(e) => return Err(e),
-                Attempt::NotSent(why) => (jitter(backoff), why),
-                Attempt::Lost(why) if effect == Effect::Create => {
+                Attempt::NotSent(why) => (jitter(backoff), "unreachable", why),
+                Attempt::Lost(why) if req.effect == Effect::Create => {
                     return Err(ApiError::Unknown(why))
                 }
-                Attempt::Lost(why) => (jitter(backoff), why),
+                Attempt::Lost(why) => (jitter(backoff), "failed", why),
                 Attempt::Limited(after) => {
                     let wait = match after {
                         Some(a) if a > MAX_RETRY_AFTER => {
@@ -384,14 +384,14 @@ impl Api {
                         None => jitter(backoff),
                     };
                     self.calm_for(wait);
-                    (wait, "rate limited (429)".to_owned())
+                    (wait, "rate_limited", "rate limited (429)".to_owned())
                 }
             };
             if patience == Patience::Once || Instant::now() + wait > deadline {
                 return Err(ApiError::Unavailable(why));
             }
-            tracing::debug!(%method, path, reason = %why, wait_ms = wait.as_millis() as u64,
-                            "Vast API call failed; retrying");
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+            telemetry::vast_api_retry(req.op, reason, &why, wait_ms);
             tokio::select! {
                 _ = self.cancel.cancelled() => return Err(ApiError::Cancelled),
                 _ = tokio::time::sleep(wait) => {}
@@ -400,22 +400,16 @@ impl Api {
         }
     }
 
-    async fn attempt(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-    ) -> Attempt {
+    async fn attempt(&self, r: &Request) -> Attempt {
         let mut req = self
             .http
-            .request(method, format!("{}{path}", self.base))
+            .request(r.method.clone(), format!("{}{}", self.base, r.path))
             .bearer_auth(self.key.expose())
             .timeout(self.policy.request_timeout);
-        if !query.is_empty() {
-            req = req.query(query);
+        if !r.query.is_empty() {
+            req = req.query(&r.query);
         }
-        if let Some(b) = body {
+        if let Some(b) = &r.body {
             req = req.json(b);
         }
         let send = tokio::select! {

@@ -83,6 +83,8 @@ struct Tracked {
     phase: Phase,
     interruptible: bool,
     misses: u32,
+    /// A stop came while the launch was creating: the instance is stopped once it exists.
+    stop_wanted: bool,
 }
 
 /// What an instance row says, for the provider.
@@ -205,6 +207,7 @@ impl Fleet {
                 phase: Phase::Creating,
                 interruptible,
                 misses: 0,
+                stop_wanted: false,
             },
         );
         Some(launch)
@@ -257,6 +260,25 @@ impl Fleet {
     /// The worker's instance.
     pub fn instance(&self, worker: i64) -> Option<i64> {
         self.workers.get(&worker)?.instance.map(|p| p.id)
+    }
+
+    /// A stop for a worker whose launch is still creating: `true` if it will be stopped once
+    /// its instance exists (see [`Fleet::take_stop_wanted`]).
+    pub fn stop_when_placed(&mut self, worker: i64) -> bool {
+        match self.workers.get_mut(&worker) {
+            Some(t) if t.instance.is_none() && t.phase == Phase::Creating => {
+                t.stop_wanted = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a stop came during the launch (cleared).
+    pub fn take_stop_wanted(&mut self, worker: i64) -> bool {
+        self.workers
+            .get_mut(&worker)
+            .is_some_and(|t| std::mem::take(&mut t.stop_wanted))
     }
 
     /// The control plane stopped the worker's instance.
@@ -430,6 +452,7 @@ impl Fleet {
                     phase,
                     interruptible: false,
                     misses: 0,
+                    stop_wanted: false,
                 },
             );
         }
@@ -448,6 +471,7 @@ impl Fleet {
                 phase: Phase::Adopting,
                 interruptible: false,
                 misses: 0,
+                stop_wanted: false,
             });
         }
         wanted.to_vec()
@@ -834,6 +858,28 @@ mod tests {
         let r = f.reconcile(&[], t0, LIMITS);
         assert!(events(&r)[0].contains("gone from the account"));
         assert_eq!(f.resume_target(1), ResumeTarget::Fresh);
+    }
+
+    #[test]
+    fn a_stop_during_a_launch_waits_for_the_instance() {
+        let t0 = Instant::now();
+        let mut f = Fleet::new("p");
+        assert!(!f.stop_when_placed(1), "no launch");
+        let l = f.begin(1, false).unwrap();
+        assert!(f.stop_when_placed(1));
+        assert!(f.placed(
+            1,
+            l,
+            Placed {
+                id: 10,
+                machine: None
+            },
+            t0
+        ));
+        assert!(f.take_stop_wanted(1));
+        assert!(!f.take_stop_wanted(1));
+        f.stopped(1);
+        assert_eq!(f.resume_target(1), ResumeTarget::Restart(10));
     }
 
     #[test]

@@ -63,6 +63,10 @@ use self::group::VastGroup;
 use super::{EventSink, LaunchSpec, Provider, ProviderError, ProviderEvent, ProviderKind};
 use crate::secrets::Secret;
 
+/// With no instance to follow, the instance list is read once per this many poll intervals
+/// (a launch that failed after a lost create answer may still leave an instance to sweep).
+const IDLE_POLL_EVERY: u64 = 12;
+
 /// The Vast provider's settings.
 #[derive(Debug, Clone)]
 pub struct VastConfig {
@@ -225,10 +229,20 @@ impl Inner {
         let mut tick = tokio::time::interval(self.cfg.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = tick.tick() => {}
+            }
+            ticks += 1;
+            // With nothing to follow, a slower look is enough for a late stray.
+            let idle = {
+                let f = self.fleet();
+                f.is_empty() && f.doomed().is_empty()
+            };
+            if idle && ticks % IDLE_POLL_EVERY != 1 {
+                continue;
             }
             match self.api.instances(Patience::Once).await {
                 Ok(rows) => {
@@ -261,6 +275,7 @@ impl Inner {
     /// One destroy attempt per doomed instance.
     async fn destroy_doomed(&self) {
         let doomed = self.fleet().doomed();
+        crate::telemetry::vast_doomed(doomed.len());
         for (id, why) in doomed {
             match self.api.destroy(id, Patience::Once).await {
                 Ok(()) => {
@@ -307,6 +322,13 @@ impl Inner {
                         machine = p.machine,
                         "Vast instance created"
                     );
+                    if self.fleet().take_stop_wanted(worker) {
+                        // Stopped while it was being created: the record says stopped.
+                        if let Err(e) = self.stop_instance(worker).await {
+                            tracing::warn!(worker, error = %e,
+                                           "could not stop an instance stopped while created");
+                        }
+                    }
                     Ok(())
                 } else {
                     self.destroy_doomed().await;
@@ -429,6 +451,8 @@ impl Inner {
 
     async fn stop_instance(&self, worker: i64) -> Result<(), ProviderError> {
         let Some(id) = self.fleet().instance(worker) else {
+            // A launch still creating stops its instance once it exists.
+            self.fleet().stop_when_placed(worker);
             return Ok(());
         };
         match self.api.set_state(id, "stopped").await {
