@@ -45,6 +45,8 @@ pub mod api;
 pub mod fleet;
 pub mod group;
 pub mod query;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
