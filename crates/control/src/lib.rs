@@ -12,8 +12,10 @@
 //! - Tracks workers from their reports and provider events, with Vast's states
 //!   ([`registry`]).
 //! - Scales: a pure [`autoscale::decide`] on Vast's documented parameters, run every tick.
-//! - Launches: through a [`provider::Provider`]; [`provider::local`] runs a model server and
-//!   `ferry worker` per instance on this host.
+//! - Launches: through a [`provider::Provider`] per kind, chosen by each workergroup's
+//!   `provider`: [`provider::local`] runs a model server and `ferry worker` per instance on
+//!   this host, [`provider::external`] lets workers join with a token, [`provider::vast`]
+//!   rents Vast instances.
 //! - Persists endpoints, workergroups, keys, the `request_idx` counter, queued requests and
 //!   worker records through the [`store::Store`] trait (SQLite today).
 //! - Serves the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
@@ -50,7 +52,7 @@
 //!   and workergroups; records and patches in [`endpoint`]), [`stats`] (per-endpoint rate).
 //! - [`route`]: `/route/`, dispatch of the queue, and the pure chooser.
 //! - [`autoscale`]: `decide` (pure), `view` (what it sees), `apply` (a tick) and its loop.
-//!   [`provider`]: the trait and `local`.
+//!   [`provider`]: the trait, `local`, `external`, `vast`.
 //! - [`store`]: the persistence trait; SQLite on its own thread. [`telemetry`]: metrics.
 //!   [`error`]: errors.
 //!
@@ -59,7 +61,8 @@
 //! Cancel the autoscaler, stop every local instance (SIGTERM, then SIGKILL after the grace)
 //! while still serving, so their last reports ("Worker shutting down", finished requests)
 //! arrive and they exit at once, and record them as stopped; then stop accepting connections
-//! (in-flight calls get a bounded drain) and flush the database.
+//! (in-flight calls get a bounded drain) and flush the database. Vast instances keep running
+//! and are taken back at the next start ([`provider::vast`]).
 
 pub mod api;
 pub mod autoscale;
