@@ -277,19 +277,19 @@ impl Inner {
     /// One destroy attempt per doomed instance.
     async fn destroy_doomed(&self) {
         let doomed = self.fleet().doomed();
-        crate::telemetry::vast_doomed(doomed.len());
         for (id, why) in doomed {
             match self.api.destroy(id, Patience::Once).await {
                 Ok(()) => {
                     self.fleet().destroyed(id);
                     tracing::info!(instance = id, reason = %why, "destroyed a Vast instance");
                 }
-                Err(ApiError::Cancelled) => return,
+                Err(ApiError::Cancelled) => break,
                 Err(e) => {
                     tracing::debug!(instance = id, error = %e, "destroy failed; next poll retries");
                 }
             }
         }
+        crate::telemetry::vast_doomed(self.fleet().doomed().len());
     }
 
     async fn emit(&self, ev: ProviderEvent) {
@@ -524,7 +524,7 @@ impl Inner {
                     adopted = adopted.len(),
                     wanted = worker_ids.len(),
                     strays,
-                    "Vast instances after restart"
+                    "Vast instances at start"
                 );
                 adopted
             }
