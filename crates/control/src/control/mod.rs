@@ -351,7 +351,8 @@ impl Control {
 async fn adopt_instances(registry: &mut Registry, providers: &Providers, store: &dyn Store) {
     for p in providers.iter() {
         let up = registry.coming(p.kind());
-        let Some(adopted) = p.adopt(up.clone()).await else {
+        let cold = registry.cold(p.kind());
+        let Some(adopted) = p.adopt(up.clone(), cold).await else {
             continue;
         };
         for id in up.iter().filter(|id| !adopted.contains(id)) {

@@ -48,7 +48,7 @@ impl Provider for ExternalProvider {
     }
 
     /// Joined workers outlive the control plane and report again on their own: all kept.
-    fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
-        Box::pin(async move { Some(worker_ids) })
+    fn adopt(&self, up: Vec<i64>, _cold: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
+        Box::pin(async move { Some(up) })
     }
 }

@@ -606,8 +606,9 @@ impl Provider for LocalProvider {
         .boxed()
     }
 
-    fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
-        async move { Some(self.adopt_instances(worker_ids).await) }.boxed()
+    /// A stopped local instance is a directory, never a process: `cold` needs nothing.
+    fn adopt(&self, up: Vec<i64>, _cold: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
+        async move { Some(self.adopt_instances(up).await) }.boxed()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, Vec<i64>> {

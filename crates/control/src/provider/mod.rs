@@ -106,12 +106,13 @@ pub trait Provider: Send + Sync + 'static {
     /// ids it stopped (they are recorded as `stopped`, resumable after a restart).
     fn shutdown(&self) -> BoxFuture<'_, Vec<i64>>;
     /// At start, after a restart (clean or a crash): takes back control of the instances among
-    /// `worker_ids` (the workers the store says were up) that are still running, and stops
-    /// every other instance of this provider it finds (strays: stopped or deleted records,
-    /// half-dead instances). Returns the ids taken back; `None` means this provider's
-    /// instances do not outlive the control plane, so the records are left as they are.
-    fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
-        let _ = worker_ids;
+    /// `up` (the workers the store says were up) that are still running, keeps the stopped
+    /// instances of `cold` (the workers recorded as stopped: resumable) as they are, and stops
+    /// every other instance of this provider it finds (strays: deleted records, half-dead
+    /// instances). Returns the ids of `up` taken back; `None` means this provider's instances
+    /// do not outlive the control plane, so the records are left as they are.
+    fn adopt(&self, up: Vec<i64>, cold: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
+        let _ = (up, cold);
         Box::pin(async { None })
     }
 }

@@ -427,6 +427,14 @@ impl Registry {
             .collect()
     }
 
+    /// Workers of a provider recorded as stopped (cold: their instances are kept for a resume).
+    pub fn cold(&self, provider: ProviderKind) -> Vec<i64> {
+        self.iter()
+            .filter(|w| w.state == WorkerState::Stopped && w.provider == provider)
+            .map(|w| w.id)
+            .collect()
+    }
+
     /// A worker whose instance did not survive the restart: `stopped` (cold), so the
     /// autoscaler resumes it from its disk when it is needed.
     pub fn lost(&mut self, id: i64, store: &dyn Store) {

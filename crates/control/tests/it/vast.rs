@@ -388,7 +388,12 @@ async fn vast_scales_0_to_4_and_back() {
 #[ignore = "needs target/debug/ferry: cargo build -p ferry first"]
 async fn vast_cold_workers_stop_and_resume() {
     let _turn = TURN.lock().await;
-    let mut rig = Rig::start(Opts::default()).await;
+    let db = temp_db();
+    let mut rig = Rig::start(Opts {
+        db: Some(db.clone()),
+        ..Opts::default()
+    })
+    .await;
     rig.scale(2, 2).await;
     rig.ready(2).await;
     let ids: BTreeSet<u64> = rig.emu.ledger().instances.iter().map(|i| i.id).collect();
@@ -404,6 +409,35 @@ async fn vast_cold_workers_stop_and_resume() {
     })
     .await;
     assert_eq!(rig.emu.ledger().processes_running(), 0);
+    // A restart of the control plane keeps the cold tier: the stopped instances stay.
+    let addr = rig.cp.addr;
+    let Rig {
+        emu,
+        cp,
+        opts,
+        ep,
+        seen,
+    } = rig;
+    cp.shutdown().await;
+    let cp = Cp::start(
+        &emu,
+        &Opts {
+            addr: Some(addr),
+            ..opts
+        },
+    )
+    .await;
+    let mut rig = Rig {
+        emu,
+        cp,
+        opts: Opts::default(),
+        ep,
+        seen,
+    };
+    rig.until("both still stopped after the restart", |r| {
+        r.cp.count("stopped") == 2 && r.emu.ledger().alive() == 2
+    })
+    .await;
     rig.scale(2, 2).await;
     rig.ready(2).await;
     let again: BTreeSet<u64> = rig.emu.ledger().instances.iter().map(|i| i.id).collect();
@@ -412,6 +446,7 @@ async fn vast_cold_workers_stop_and_resume() {
     rig.serve_one().await;
     rig.drain().await;
     assert_eq!(rig.finish().await, 2);
+    let _ = std::fs::remove_file(db);
 }
 
 /// Boots that hang in `loading` past the load deadline: destroyed, their machines avoided,

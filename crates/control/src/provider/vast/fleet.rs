@@ -143,6 +143,15 @@ pub struct Limits {
     pub bad_machine_ttl: Duration,
 }
 
+/// What [`Fleet::adopt`] took back.
+#[derive(Debug, Default, PartialEq)]
+pub struct Adopted {
+    /// Workers that were up whose instances run or load.
+    pub adopted: Vec<i64>,
+    /// Cold workers whose instances were found up: to stop again.
+    pub to_stop: Vec<i64>,
+}
+
 /// What a poll found to do besides destroying.
 #[derive(Debug, Default, PartialEq)]
 pub struct Reconciled {
@@ -407,9 +416,16 @@ impl Fleet {
     /// that are stopped or down as stopped (not returned: the control plane records them as
     /// stopped and a resume starts them again), dooms every other instance of this control
     /// plane, and starts sweeping. Returns the workers taken back.
-    pub fn adopt(&mut self, rows: &[Instance], wanted: &[i64], now: Instant) -> Vec<i64> {
+    pub fn adopt(
+        &mut self,
+        rows: &[Instance],
+        wanted: &[i64],
+        cold: &[i64],
+        now: Instant,
+    ) -> Adopted {
         self.sweeping = true;
-        let wanted: HashSet<i64> = wanted.iter().copied().collect();
+        let cold: HashSet<i64> = cold.iter().copied().collect();
+        let wanted: HashSet<i64> = wanted.iter().copied().chain(cold.iter().copied()).collect();
         let mut by_worker: BTreeMap<i64, Vec<&Instance>> = BTreeMap::new();
         for r in rows {
             if let Some(w) = self.worker_of(r.label.as_deref()) {
@@ -417,6 +433,7 @@ impl Fleet {
             }
         }
         let mut adopted = Vec::new();
+        let mut to_stop = Vec::new();
         for (worker, mut rows) in by_worker {
             if !wanted.contains(&worker) || self.workers.contains_key(&worker) {
                 for r in rows {
@@ -441,7 +458,13 @@ impl Fleet {
                 },
                 Seen::Down(_) => Phase::Stopped,
             };
-            if phase != Phase::Stopped {
+            if cold.contains(&worker) {
+                // A cold worker keeps its instance (disk, model) for a resume; one found up
+                // (the last run died mid-stop) is stopped again.
+                if phase != Phase::Stopped {
+                    to_stop.push(worker);
+                }
+            } else if phase != Phase::Stopped {
                 adopted.push(worker);
             }
             self.workers.insert(
@@ -457,10 +480,11 @@ impl Fleet {
             );
         }
         adopted.sort_unstable();
-        adopted
+        Adopted { adopted, to_stop }
     }
 
-    /// After a restart whose instance list failed: takes back every `wanted` worker on
+    /// After a restart whose instance list failed (cold workers are not taken back on trust:
+    /// their instances are swept as strays at the first good poll, and a resume launches anew): takes back every `wanted` worker on
     /// trust, to be matched with its instance at the first good poll. Starts sweeping.
     pub fn adopt_blind(&mut self, wanted: &[i64]) -> Vec<i64> {
         self.sweeping = true;

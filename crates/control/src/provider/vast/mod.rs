@@ -514,19 +514,31 @@ impl Inner {
         Ok(())
     }
 
-    async fn adopt(self: &Arc<Self>, worker_ids: Vec<i64>) -> Vec<i64> {
+    async fn adopt(self: &Arc<Self>, worker_ids: Vec<i64>, cold: Vec<i64>) -> Vec<i64> {
         self.ensure_polling();
         match self.api.instances(Patience::Once).await {
             Ok(rows) => {
-                let adopted = self.fleet().adopt(&rows, &worker_ids, Instant::now());
+                let got = self
+                    .fleet()
+                    .adopt(&rows, &worker_ids, &cold, Instant::now());
                 let strays = self.fleet().doomed().len();
                 tracing::info!(
-                    adopted = adopted.len(),
+                    adopted = got.adopted.len(),
                     wanted = worker_ids.len(),
+                    cold = cold.len(),
+                    restopped = got.to_stop.len(),
                     strays,
                     "Vast instances at start"
                 );
-                adopted
+                for worker in got.to_stop {
+                    let this = Arc::clone(self);
+                    self.tasks.spawn(async move {
+                        if let Err(e) = this.stop_instance(worker).await {
+                            tracing::warn!(worker, error = %e, "could not stop a cold worker's instance found running at start");
+                        }
+                    });
+                }
+                got.adopted
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not list Vast instances at start; the workers \
@@ -593,7 +605,7 @@ impl Provider for VastProvider {
         .boxed()
     }
 
-    fn adopt(&self, worker_ids: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
-        async move { Some(self.inner.adopt(worker_ids).await) }.boxed()
+    fn adopt(&self, up: Vec<i64>, cold: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
+        async move { Some(self.inner.adopt(up, cold).await) }.boxed()
     }
 }

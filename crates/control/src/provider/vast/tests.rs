@@ -147,7 +147,10 @@ async fn start(answers: Vec<Answer>) -> (Shared, VastProvider) {
     })
     .unwrap();
     // As the control plane does at start: adopt (nothing), which also starts the sweep.
-    assert_eq!(provider.adopt(Vec::new()).await, Some(Vec::new()));
+    assert_eq!(
+        provider.adopt(Vec::new(), Vec::new()).await,
+        Some(Vec::new())
+    );
     (fake, provider)
 }
 

@@ -238,7 +238,7 @@ fn the_sweep_dooms_strays_and_duplicates_but_not_launches_in_flight() {
         row(5, "ferry-other-3", "running", "running"),
         row(6, "my own box", "running", "running"),
     ];
-    assert_eq!(f.adopt(&rows, &[1, 3, 9], t0), vec![1, 3]);
+    assert_eq!(f.adopt(&rows, &[1, 3, 9], &[], t0).adopted, vec![1, 3]);
     let mut doomed: Vec<i64> = f.doomed().iter().map(|d| d.0).collect();
     doomed.sort_unstable();
     assert_eq!(doomed, vec![2, 3], "the duplicate of 1, and 2 no longer up");
@@ -288,9 +288,26 @@ fn adoption_keeps_down_instances_stopped_and_claims_blind_ones_later() {
         row(1, "ferry-p-1", "exited", "stopped"),
         row(2, "ferry-p-2", "loading", "running"),
     ];
-    assert_eq!(f.adopt(&rows, &[1, 2], t0), vec![2]);
+    assert_eq!(f.adopt(&rows, &[1, 2], &[], t0).adopted, vec![2]);
     assert_eq!(f.resume_target(1), ResumeTarget::Restart(1));
     assert!(f.doomed().is_empty());
+
+    // Cold workers keep their instances: a stopped one as it is, one found up (the last run
+    // died mid-stop) to be stopped again; neither counts as taken back up.
+    let mut c = Fleet::new("p");
+    let rows = [
+        row(1, "ferry-p-1", "stopped", "stopped"),
+        row(2, "ferry-p-2", "running", "running"),
+        row(3, "ferry-p-3", "stopped", "stopped"),
+    ];
+    let got = c.adopt(&rows, &[], &[1, 2], t0);
+    assert_eq!((got.adopted, got.to_stop), (vec![], vec![2]));
+    assert_eq!(c.resume_target(1), ResumeTarget::Restart(1));
+    assert_eq!(
+        c.doomed().iter().map(|d| d.0).collect::<Vec<_>>(),
+        vec![3],
+        "a stopped instance of no known worker is a stray"
+    );
 
     let mut g = Fleet::new("p");
     assert_eq!(g.adopt_blind(&[1, 2]), vec![1, 2]);
