@@ -79,17 +79,37 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("no workergroup {id}")))
     }
 
-    /// A workergroup may name only a provider this control plane has.
-    fn check_provider(&self, patch: &WorkergroupPatch) -> Result<(), ControlError> {
-        match patch.provider.map(|k| self.shared.providers.get(k)) {
-            Some(Err(e)) => Err(ControlError::BadRequest(format!("provider: {e}"))),
-            _ => Ok(()),
-        }
+    /// A workergroup may name only a provider this control plane has, and must carry what
+    /// that provider needs (`existing`: the group a patch updates).
+    fn check_provider(
+        &self,
+        patch: &WorkergroupPatch,
+        existing: Option<i64>,
+    ) -> Result<(), ControlError> {
+        let (kind, mut fields) = match existing {
+            Some(id) => {
+                let g = self.workergroup(id)?;
+                (g.provider, g.vast)
+            }
+            None => (None, serde_json::Map::new()),
+        };
+        let kind = patch
+            .provider
+            .or(kind)
+            .unwrap_or(self.shared.settings.provider.kind);
+        fields.extend(patch.vast.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let p = self
+            .shared
+            .providers
+            .get(kind)
+            .map_err(|e| ControlError::BadRequest(format!("provider: {e}")))?;
+        p.check_group(&fields)
+            .map_err(|e| ControlError::BadRequest(format!("{} workergroup: {e}", kind.as_str())))
     }
 
     /// Creates a workergroup; returns its id once it is durable.
     pub async fn create_workergroup(&self, patch: &WorkergroupPatch) -> Result<i64, ControlError> {
-        self.check_provider(patch)?;
+        self.check_provider(patch, None)?;
         let id = self
             .lock()
             .catalog
@@ -105,7 +125,7 @@ impl Control {
         id: i64,
         patch: &WorkergroupPatch,
     ) -> Result<(), ControlError> {
-        self.check_provider(patch)?;
+        self.check_provider(patch, Some(id))?;
         self.lock().catalog.update_group(id, patch, self.store())?;
         self.shared.store.flush().await;
         Ok(())

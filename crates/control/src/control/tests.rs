@@ -349,3 +349,95 @@ async fn an_unreachable_joined_worker_is_replaced_kept_and_readmitted() {
     assert_eq!(f.state(spec.worker_id), WorkerState::Idle);
     assert!(matches!(f.route(0), RouteOutcome::Ready(_)));
 }
+
+/// A provider of another kind that refuses groups without an `image`.
+struct Picky;
+
+impl Provider for Picky {
+    fn name(&self) -> &'static str {
+        "picky"
+    }
+    fn kind(&self) -> crate::config::ProviderKind {
+        crate::config::ProviderKind::Vast
+    }
+    fn check_group(
+        &self,
+        vast: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ProviderError> {
+        if vast.contains_key("image") {
+            Ok(())
+        } else {
+            Err(ProviderError("needs an image".into()))
+        }
+    }
+    fn subscribe(&self, _: EventSink) {}
+    fn launch(&self, _: LaunchSpec) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn stop(&self, _: i64) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn resume(&self, _: LaunchSpec) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn destroy(&self, _: i64) -> BoxFuture<'_, Result<(), ProviderError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn shutdown(&self) -> BoxFuture<'_, Vec<i64>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+#[tokio::test]
+async fn a_group_its_provider_could_never_launch_is_refused_with_the_reason() {
+    let mut s = Settings::for_url("http://127.0.0.1:9");
+    s.signing_key_pem = Some(key_pem());
+    let providers = Providers::new([
+        Arc::new(Recorder::default()) as Arc<dyn Provider>,
+        Arc::new(Picky),
+    ]);
+    let control = Control::with_store(
+        s,
+        providers,
+        Arc::new(MemoryStore::default()),
+        Loaded::default(),
+    )
+    .await
+    .unwrap();
+    let ep = control
+        .create_endpoint(&EndpointPatch {
+            endpoint_name: Some("e".into()),
+            ..EndpointPatch::default()
+        })
+        .await
+        .unwrap();
+    let vast = WorkergroupPatch {
+        endpoint: Some(EndpointRef::Id(ep)),
+        provider: Some(crate::config::ProviderKind::Vast),
+        ..WorkergroupPatch::default()
+    };
+    let e = control.create_workergroup(&vast).await.unwrap_err();
+    assert_eq!(e.to_string(), "vast workergroup: needs an image");
+    let mut with_image = vast.clone();
+    with_image.vast.insert("image".into(), "x".into());
+    let id = control.create_workergroup(&with_image).await.unwrap();
+    // An update is checked against the merged fields: the image is still there.
+    let rename = WorkergroupPatch {
+        backend: Some("tgi".into()),
+        ..WorkergroupPatch::default()
+    };
+    control.update_workergroup(id, &rename).await.unwrap();
+    // Moving a local group to the provider without what it needs is refused too.
+    let local = control
+        .create_workergroup(&WorkergroupPatch {
+            endpoint: Some(EndpointRef::Id(ep)),
+            ..WorkergroupPatch::default()
+        })
+        .await
+        .unwrap();
+    let to_vast = WorkergroupPatch {
+        provider: Some(crate::config::ProviderKind::Vast),
+        ..WorkergroupPatch::default()
+    };
+    assert!(control.update_workergroup(local, &to_vast).await.is_err());
+}

@@ -92,6 +92,16 @@ pub trait Provider: Send + Sync + 'static {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Local
     }
+    /// Checks a workergroup's Vast fields before the group is created or updated, so a group
+    /// this provider could never launch is refused with the reason instead of failing at every
+    /// launch.
+    fn check_group(
+        &self,
+        vast: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ProviderError> {
+        let _ = vast;
+        Ok(())
+    }
     /// Gives the provider the channel for its events; called once, before any launch.
     fn subscribe(&self, events: EventSink);
     /// Creates and starts a new instance.

@@ -605,6 +605,15 @@ impl Provider for VastProvider {
         .boxed()
     }
 
+    fn check_group(
+        &self,
+        vast: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), ProviderError> {
+        VastGroup::from_fields(vast)
+            .map(|_| ())
+            .map_err(|e| ProviderError(e.0))
+    }
+
     fn adopt(&self, up: Vec<i64>, cold: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
         async move { Some(self.inner.adopt(up, cold).await) }.boxed()
     }
