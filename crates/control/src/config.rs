@@ -14,6 +14,7 @@ use crate::error::ConfigError;
 use crate::provider::vast::api::RetryPolicy;
 use crate::provider::vast::valid_plane;
 use crate::secrets::Secret;
+use crate::store::PgTarget;
 
 /// Arguments of `ferry control`.
 #[derive(clap::Args, Debug, Clone)]
@@ -35,6 +36,12 @@ pub struct ControlArgs {
     /// SQLite database file. Default: `<state-dir>/control.db`.
     #[arg(long, env = "FERRY_DB")]
     pub db: Option<PathBuf>,
+
+    /// Keep the state in PostgreSQL instead of the SQLite file:
+    /// `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (or `postgresql://`). Prefer the
+    /// environment variable: a flag shows in `ps`. See docs/control.md, "PostgreSQL".
+    #[arg(long, env = "FERRY_STORE", hide_env_values = true)]
+    pub store: Option<String>,
 
     /// Account API key for the endpoint/workergroup API. Default: generated on first start and
     /// stored in the database. Either way it is written to `<state-dir>/api_key` (mode 0600).
@@ -305,8 +312,11 @@ pub struct Settings {
     pub public_url: String,
     /// State directory.
     pub state_dir: PathBuf,
-    /// Database path; `None` keeps everything in memory (tests).
+    /// SQLite database path; `None` keeps everything in memory (tests). Unused when
+    /// `postgres` is set.
     pub db: Option<PathBuf>,
+    /// The PostgreSQL database (`--store`); `None`: SQLite.
+    pub postgres: Option<PgTarget>,
     /// Account key override.
     pub api_key: Option<String>,
     /// Autoscaler tick.
@@ -353,6 +363,7 @@ impl Settings {
             .expect("the declared defaults validate");
         s.public_url = public_url.into();
         s.db = None;
+        s.postgres = None;
         s
     }
 }
@@ -372,11 +383,26 @@ impl ControlArgs {
             Some(d) => d.clone(),
             None => default_state_dir()?,
         };
-        let db = Some(
-            self.db
-                .clone()
-                .unwrap_or_else(|| state_dir.join("control.db")),
-        );
+        let postgres = match &self.store {
+            Some(url) => {
+                if self.db.is_some() {
+                    return Err(ConfigError::new(
+                        "--store",
+                        "give either --store (PostgreSQL) or --db (SQLite), not both",
+                    ));
+                }
+                Some(PgTarget::parse(url).map_err(|e| ConfigError::new("--store", e))?)
+            }
+            None => None,
+        };
+        let db = match postgres {
+            Some(_) => None,
+            None => Some(
+                self.db
+                    .clone()
+                    .unwrap_or_else(|| state_dir.join("control.db")),
+            ),
+        };
         let public_url = match &self.public_url {
             Some(u) => {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
@@ -405,6 +431,7 @@ impl ControlArgs {
             public_url,
             state_dir,
             db,
+            postgres,
             api_key: self.api_key.clone(),
             autoscale_interval: ms(self.autoscale_interval_ms, "--autoscale-interval-ms")?,
             stale_after: ms(self.stale_after_s.saturating_mul(1000), "--stale-after-s")?,
@@ -628,6 +655,28 @@ mod tests {
             ),
         ] {
             assert_eq!(validate(argv).unwrap_err().setting, name, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn store_selects_postgres_by_url() {
+        let s = validate(&[]).unwrap();
+        assert!(s.postgres.is_none() || std::env::var_os("FERRY_STORE").is_some());
+        let s = validate(&["--store", "postgres://ferry:pw@127.0.0.1:5432/state"]).unwrap();
+        let pg = s.postgres.unwrap();
+        assert_eq!(pg.shown(), "postgres://ferry@127.0.0.1:5432/state");
+        assert!(s.db.is_none());
+        assert!(!format!("{pg:?}").contains("pw"));
+        let s = validate(&["--store", "postgresql://ferry@db/state"]).unwrap();
+        assert!(s.postgres.is_some());
+        for argv in [
+            &["--store", "sqlite:///tmp/x.db"][..],
+            &["--store", "postgres://u:pw@h:port/db"],
+            &["--store", "postgres://u@h/db", "--db", "/tmp/x.db"],
+        ] {
+            let e = validate(argv).unwrap_err();
+            assert_eq!(e.setting, "--store", "{argv:?}");
+            assert!(!e.to_string().contains("pw"), "{e}");
         }
     }
 

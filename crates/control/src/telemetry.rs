@@ -13,6 +13,10 @@
 //! | `ferry_control_vast_api_calls_total` | counter | `call` = search, create, list, state, label, destroy; `outcome` = ok or the error code (after retries) |
 //! | `ferry_control_vast_api_retries_total` | counter | `call`; `reason` = rate_limited, unreachable, failed |
 //! | `ferry_control_vast_doomed_instances` | gauge | | Vast instances waiting for a confirmed destroy (stuck above 0: the API refuses destroys) |
+//! | `ferry_control_store_pending_writes` | gauge | | writes queued for PostgreSQL and not yet committed (grows while it is down) |
+//! | `ferry_control_store_retries_total` | counter | `reason` = unreachable, failed, timeout, fatal: failed database attempts, each retried |
+//! | `ferry_control_store_flush_behind_total` | counter | `code` = store_behind, store_closed: flushes answered before the database confirmed |
+//! | `ferry_control_store_lost_writes_total` | counter | `reason` = refused (a NUL character), abandoned (database still down at exit) |
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -22,6 +26,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::autoscale::{Action, Decision};
 use crate::registry::WorkerState;
+use crate::store::{StoreError, Write};
 
 /// Routes by outcome.
 pub const ROUTES: &str = "ferry_control_routes_total";
@@ -43,6 +48,14 @@ pub const VAST_API_CALLS: &str = "ferry_control_vast_api_calls_total";
 pub const VAST_API_RETRIES: &str = "ferry_control_vast_api_retries_total";
 /// Vast instances waiting for a confirmed destroy.
 pub const VAST_DOOMED: &str = "ferry_control_vast_doomed_instances";
+/// Writes queued for the database and not yet committed.
+pub const STORE_PENDING: &str = "ferry_control_store_pending_writes";
+/// Failed database attempts (each retried), by why.
+pub const STORE_RETRIES: &str = "ferry_control_store_retries_total";
+/// Flushes answered before the database confirmed.
+pub const STORE_FLUSH_BEHIND: &str = "ferry_control_store_flush_behind_total";
+/// Writes never persisted, by why.
+pub const STORE_LOST: &str = "ferry_control_store_lost_writes_total";
 
 /// The process-wide Prometheus recorder (installed on first use; `None` if another recorder
 /// was installed first).
@@ -142,4 +155,79 @@ pub fn response(surface: &'static str, code: &'static str, source: &'static str)
 /// A workergroup's desired size now.
 pub fn desired_workers(workergroup_id: i64, n: u32) {
     gauge!(DESIRED_WORKERS, "workergroup" => workergroup_id.to_string()).set(f64::from(n));
+}
+
+/// Writes queued for the database now.
+pub fn store_pending(n: usize) {
+    gauge!(STORE_PENDING).set(n as f64);
+}
+
+/// A failed database attempt, about to be retried: a warning when `loud` (the first of an
+/// outage, then one per interval), debug otherwise; counted either way.
+pub fn store_retry(
+    database: &str,
+    reason: &'static str,
+    error: &str,
+    pending: usize,
+    down_for: std::time::Duration,
+    loud: bool,
+) {
+    let down_for_s = down_for.as_secs();
+    if loud {
+        tracing::warn!(
+            database,
+            reason,
+            error,
+            pending,
+            down_for_s,
+            "database write failed; retrying (writes stay queued, in order)"
+        );
+    } else {
+        tracing::debug!(database, reason, error, pending, "database write retried");
+    }
+    counter!(STORE_RETRIES, "reason" => reason).increment(1);
+}
+
+/// The database took the queued writes again after an outage.
+pub fn store_resumed(database: &str, down_for: std::time::Duration, attempts: u32, writes: usize) {
+    tracing::info!(
+        database,
+        down_for_ms = down_for.as_millis() as u64,
+        attempts,
+        writes,
+        "database writes resumed"
+    );
+}
+
+/// The store gave up at close with writes still pending.
+pub fn store_abandoned(database: &str, pending: usize) {
+    tracing::error!(
+        database,
+        pending,
+        "database still failing at exit; these writes are not persisted"
+    );
+    counter!(STORE_LOST, "reason" => "abandoned").increment(pending as u64);
+}
+
+/// A write the database could never hold (a NUL character), refused.
+pub fn store_refused(w: &Write) {
+    match w {
+        Write::Put { kind, id, .. } | Write::Delete { kind, id } => tracing::error!(
+            kind = kind.as_str(),
+            id,
+            "record holds a NUL character, which PostgreSQL text cannot; not persisted"
+        ),
+        Write::Kv { key, .. } => tracing::error!(
+            key,
+            "value holds a NUL character, which PostgreSQL text cannot; not persisted"
+        ),
+    }
+    counter!(STORE_LOST, "reason" => "refused").increment(1);
+}
+
+/// A flush answered before the database confirmed: what the caller did goes on, its change
+/// stays queued.
+pub fn store_flush_behind(what: &'static str, e: &StoreError) {
+    tracing::warn!(what, code = e.code(), error = %e, "change not yet durable");
+    counter!(STORE_FLUSH_BEHIND, "code" => e.code()).increment(1);
 }

@@ -21,13 +21,14 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("no endpoint {id}")))
     }
 
-    /// Creates an endpoint with a fresh key; returns its id once it is durable.
+    /// Creates an endpoint with a fresh key; returns its id once it is durable (or once the
+    /// store's flush bound has passed, see `Control::durable`).
     pub async fn create_endpoint(&self, patch: &EndpointPatch) -> Result<i64, ControlError> {
         let id =
             self.lock()
                 .catalog
                 .create_endpoint(patch, random_hex(24), unix_now(), self.store())?;
-        self.shared.store.flush().await;
+        self.durable("endpoint created").await;
         tracing::info!(endpoint = id, name = ?patch.endpoint_name, "endpoint created");
         Ok(id)
     }
@@ -41,7 +42,7 @@ impl Control {
         self.lock()
             .catalog
             .update_endpoint(id, patch, self.store())?;
-        self.shared.store.flush().await;
+        self.durable("endpoint updated").await;
         self.shared.changed.notify_waiters();
         Ok(())
     }
@@ -61,7 +62,7 @@ impl Control {
             s.registry.doom(|w| w.endpoint_id() == id, self.mono())
         };
         self.destroy_all(doomed);
-        self.shared.store.flush().await;
+        self.durable("endpoint deleted").await;
         Ok(())
     }
 
@@ -107,14 +108,15 @@ impl Control {
             .map_err(|e| ControlError::BadRequest(format!("{} workergroup: {e}", kind.as_str())))
     }
 
-    /// Creates a workergroup; returns its id once it is durable.
+    /// Creates a workergroup; returns its id once it is durable (or once the store's flush
+    /// bound has passed, see `Control::durable`).
     pub async fn create_workergroup(&self, patch: &WorkergroupPatch) -> Result<i64, ControlError> {
         self.check_provider(patch, None)?;
         let id = self
             .lock()
             .catalog
             .create_group(patch, unix_now(), self.store())?;
-        self.shared.store.flush().await;
+        self.durable("workergroup created").await;
         tracing::info!(workergroup = id, "workergroup created");
         Ok(id)
     }
@@ -127,7 +129,7 @@ impl Control {
     ) -> Result<(), ControlError> {
         self.check_provider(patch, Some(id))?;
         self.lock().catalog.update_group(id, patch, self.store())?;
-        self.shared.store.flush().await;
+        self.durable("workergroup updated").await;
         Ok(())
     }
 
@@ -140,7 +142,7 @@ impl Control {
             g.registry.doom(|w| w.workergroup_id() == id, self.mono())
         };
         self.destroy_all(doomed);
-        self.shared.store.flush().await;
+        self.durable("workergroup deleted").await;
         Ok(())
     }
 

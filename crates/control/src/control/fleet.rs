@@ -111,7 +111,7 @@ impl Control {
             g.joins
                 .create(workergroup_id, label, unix_now(), self.store())
         };
-        self.shared.store.flush().await;
+        self.durable("join token created").await;
         tracing::info!(
             workergroup = workergroup_id,
             token = made.0,
@@ -135,7 +135,7 @@ impl Control {
     /// Revokes a join token (workers that joined with it stay).
     pub async fn revoke_join_token(&self, id: i64) -> Result<(), ControlError> {
         self.lock().joins.revoke(id, self.store())?;
-        self.shared.store.flush().await;
+        self.durable("join token revoked").await;
         tracing::info!(token = id, "join token revoked");
         Ok(())
     }
@@ -200,7 +200,7 @@ impl Control {
                 report_addr: self.shared.settings.public_url.clone(),
             }
         };
-        self.shared.store.flush().await;
+        self.durable("worker joined").await;
         tracing::info!(
             worker = joined.worker_id,
             workergroup = joined.workergroup_id,

@@ -7,7 +7,7 @@
 //! | [`Registry`] | `registry.rs` | workers, their states, pending load, signature cache |
 //! | [`Queue`] | `queue.rs` | request lifetimes, the global FIFO, the `request_idx` counter |
 //! | [`Stats`] | `stats.rs` | per-endpoint routed load → rate, last request |
-//! | [`Store`] | `store/` | persistence (write-through; SQLite today) |
+//! | [`Store`] | `store/` | persistence (write-behind; SQLite or PostgreSQL) |
 //!
 //! The operations live where their names say: `/route/` and dispatch in `route/`, reports
 //! and provider events in `control/reports.rs`, the console API in `control/console.rs`, who
@@ -42,7 +42,7 @@ use crate::provider::{ProviderEvent, Providers};
 use crate::queue::Queue;
 use crate::registry::{Registry, WorkerInfo, WorkerState};
 use crate::stats::Stats;
-use crate::store::{Loaded, SqliteStore, Store};
+use crate::store::{Loaded, PgOptions, PostgresStore, SqliteStore, Store};
 use crate::telemetry;
 
 mod auth;
@@ -137,18 +137,32 @@ pub(crate) struct Shared {
 }
 
 impl Control {
-    /// Opens the SQLite database of `settings` and starts the control plane on it
-    /// ([`Control::with_store`]). Blocking work (SQLite) runs on the blocking pool.
+    /// Opens the store of `settings` (PostgreSQL with `--store`, else the SQLite file) and
+    /// starts the control plane on it ([`Control::with_store`]). Opening (SQLite's I/O, the
+    /// PostgreSQL connect with its retries) runs on the blocking pool.
     pub async fn new(
         settings: Settings,
         providers: impl Into<Providers>,
     ) -> Result<Control, RunError> {
         let db = settings.db.clone();
-        let (store, loaded) = tokio::task::spawn_blocking(move || SqliteStore::open(db.as_deref()))
+        let postgres = settings.postgres.clone();
+        let (store, loaded) =
+            tokio::task::spawn_blocking(move || -> Result<(Arc<dyn Store>, Loaded), String> {
+                Ok(match postgres {
+                    Some(target) => {
+                        let (s, l) = PostgresStore::open_with(target, PgOptions::default())?;
+                        (Arc::new(s), l)
+                    }
+                    None => {
+                        let (s, l) = SqliteStore::open(db.as_deref())?;
+                        (Arc::new(s), l)
+                    }
+                })
+            })
             .await
             .map_err(|e| RunError::Store(e.to_string()))?
             .map_err(RunError::Store)?;
-        Control::with_store(settings, providers, Arc::new(store), loaded).await
+        Control::with_store(settings, providers, store, loaded).await
     }
 
     /// Starts the control plane on an open store and what it read: loads or creates the keys
@@ -200,7 +214,9 @@ impl Control {
             p.subscribe(tx.clone());
         }
         adopt_instances(&mut state.registry, &providers, store.as_ref()).await;
-        store.flush().await;
+        if let Err(e) = store.flush().await {
+            telemetry::store_flush_behind("start", &e);
+        }
         Ok(Control {
             shared: Arc::new(Shared {
                 settings,
@@ -341,7 +357,17 @@ impl Control {
         self.shared.tasks.close();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), self.shared.tasks.wait())
             .await;
-        self.shared.store.flush().await;
+        self.durable("shutdown").await;
+    }
+
+    /// Awaits the store's flush before answering `what` as done. When the database cannot
+    /// confirm in time the answer goes out anyway: the in-memory state already holds the change
+    /// (a retry would conflict with it) and its write stays queued, in order, until the
+    /// database takes it. Logged and counted (`ferry_control_store_flush_behind_total`).
+    pub(crate) async fn durable(&self, what: &'static str) {
+        if let Err(e) = self.shared.store.flush().await {
+            telemetry::store_flush_behind(what, &e);
+        }
     }
 }
 

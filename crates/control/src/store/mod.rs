@@ -1,29 +1,65 @@
 //! Persistence behind a small trait: the in-memory state is authoritative while running, and
 //! every change is written through to a [`Store`] as a [`Write`].
 //!
-//! What is stored: endpoints, workergroups, worker records and queued requests (one JSON
-//! document per `(kind, id)`, see [`Kind`]), and small values in a key-value table: the
-//! signing key, the account key, the `request_idx` ceiling and the id counters. Everything is
-//! read back once at start-up as a [`Loaded`].
+//! What is stored: endpoints, workergroups, worker records, queued requests and join tokens
+//! (one JSON document per `(kind, id)`, see [`Kind`]), and small values in a key-value table:
+//! the signing key, the account key, the `request_idx` ceiling and the id counters. Everything
+//! is read back once at start-up as a [`Loaded`].
 //!
 //! The trait is shaped for write-behind back ends: [`Store::write`] never blocks on I/O (it
 //! hands the change to the back end's own thread or task, in order), so it can be called with
 //! the control plane's mutex held; callers that must know a change is durable before they
-//! answer (endpoint creation) await [`Store::flush`]. [`sqlite::SqliteStore`] is the one
-//! implementation today; a PostgreSQL one would keep the same documents (`jsonb`) and the same
-//! contract, and nothing above this module would change.
+//! answer (endpoint creation) await [`Store::flush`], which a back end may bound
+//! ([`StoreError::Behind`]: the change stays queued). Two implementations:
+//! [`sqlite::SqliteStore`] (a file, the default) and [`postgres::PostgresStore`] (`--store
+//! postgres://...`), with the same documents and the same contract; nothing above this module
+//! knows which one runs.
+//!
+//! Operations that need an answer from the database itself (leases, shared counters) are not
+//! write-behind: they would be added as trait methods returning a future, served by the same
+//! writer in order with the writes.
 //!
 //! `request_idx` is never reused across restarts: the counter is persisted as a *ceiling*
 //! reserved in blocks (see `queue.rs`), so even a crash that loses the last writes restarts
 //! above every index handed out.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
+pub use postgres::{PgOptions, PgTarget, PostgresStore};
 pub use sqlite::SqliteStore;
+
+/// Why a [`Store::flush`] could not confirm durability.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database did not confirm in time; the changes stay queued, in order, and are
+    /// written when it answers.
+    #[error("the database has not confirmed {pending} queued change(s) within {waited:?}; they stay queued and are written when it answers")]
+    Behind {
+        /// Changes queued and not yet committed.
+        pending: usize,
+        /// How long the flush waited.
+        waited: Duration,
+    },
+    /// The store is closed (or gave up at close): later changes are not persisted.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Short fixed code for logs and metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Behind { .. } => "store_behind",
+            StoreError::Closed => "store_closed",
+        }
+    }
+}
 
 /// Kinds of record. Their names ([`Kind::as_str`]) are what the database holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -85,8 +121,9 @@ pub enum Write {
 pub trait Store: Send + Sync + 'static {
     /// Queues one change; never blocks on I/O.
     fn write(&self, w: Write);
-    /// Resolves once every change written before it is durable.
-    fn flush(&self) -> BoxFuture<'_, ()>;
+    /// Resolves once every change written before it is durable, or with an error when the
+    /// back end cannot confirm that within its bound (the changes stay queued).
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Makes everything pending durable and releases the back end. Blocking; calling it again
     /// does nothing.
     fn close(&self);
@@ -189,8 +226,8 @@ pub(crate) mod memory {
                 }
             }
         }
-        fn flush(&self) -> BoxFuture<'_, ()> {
-            Box::pin(async {})
+        fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async { Ok(()) })
         }
         fn close(&self) {}
     }

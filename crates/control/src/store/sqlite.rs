@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use rusqlite::{params, Connection};
 use tokio::sync::oneshot;
 
-use super::{Loaded, Store, Write};
+use super::{Loaded, Store, StoreError, Write};
 
 enum Op {
     Write(Write),
@@ -79,29 +79,34 @@ impl SqliteStore {
         ))
     }
 
-    fn send(&self, op: Op) {
+    fn send(&self, op: Op) -> bool {
         let guard = match self.tx.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some(tx) = guard.as_ref() {
-            if tx.send(op).is_err() {
-                tracing::error!("store thread gone; change not persisted");
-            }
+        match guard.as_ref() {
+            Some(tx) => tx.send(op).is_ok(),
+            None => false,
         }
     }
 }
 
 impl Store for SqliteStore {
     fn write(&self, w: Write) {
-        self.send(Op::Write(w));
+        if !self.send(Op::Write(w)) {
+            tracing::error!("store thread gone; change not persisted");
+        }
     }
 
-    fn flush(&self) -> BoxFuture<'_, ()> {
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let (tx, rx) = oneshot::channel();
-        self.send(Op::Flush(tx));
+        let sent = self.send(Op::Flush(tx));
         Box::pin(async move {
-            let _ = rx.await;
+            if sent && rx.await.is_ok() {
+                Ok(())
+            } else {
+                Err(StoreError::Closed)
+            }
         })
     }
 
@@ -239,7 +244,7 @@ mod tests {
             s.put_json(Kind::Endpoint, 2, &serde_json::json!({}));
             s.delete(Kind::Endpoint, 2);
             s.set_kv("k", "v".into());
-            s.flush().await;
+            s.flush().await.unwrap();
         }
         let (_s, loaded) = SqliteStore::open(Some(&path)).unwrap();
         assert_eq!(loaded.kv.get("k").map(String::as_str), Some("v"));
