@@ -36,6 +36,8 @@ pub fn temp_db() -> PathBuf {
 
 pub struct Cp {
     pub url: String,
+    /// The account key (`acct-key` unless [`Opts::api_key`] is `None`).
+    pub acct: String,
     pub addr: SocketAddr,
     pub control: Control,
     pub provider: Arc<InProc>,
@@ -46,6 +48,12 @@ pub struct Cp {
 
 pub struct Opts {
     pub db: Option<PathBuf>,
+    /// PostgreSQL instead of SQLite.
+    pub postgres: Option<ferry_control::store::PgTarget>,
+    /// `None`: the control plane's own (generated, or the stored one).
+    pub api_key: Option<String>,
+    /// Start with the shared test signing key when the store has none (`false`: generate).
+    pub preset_key: bool,
     pub addr: Option<SocketAddr>,
     pub stale_after: Duration,
     pub idle_stop_after: Duration,
@@ -56,6 +64,9 @@ impl Default for Opts {
     fn default() -> Self {
         Opts {
             db: None,
+            postgres: None,
+            api_key: Some("acct-key".into()),
+            preset_key: true,
             addr: None,
             stale_after: Duration::from_secs(3),
             idle_stop_after: Duration::from_secs(60),
@@ -73,8 +84,9 @@ impl Cp {
         let url = format!("http://{addr}");
         let mut s = Settings::for_url(&url);
         s.db = o.db;
-        s.signing_key_pem = Some(key_pem());
-        s.api_key = Some("acct-key".into());
+        s.postgres = o.postgres;
+        s.signing_key_pem = o.preset_key.then(key_pem);
+        s.api_key = o.api_key;
         s.autoscale_interval = Duration::from_millis(100);
         s.stale_after = o.stale_after;
         s.idle_stop_after = o.idle_stop_after;
@@ -86,6 +98,7 @@ impl Cp {
             st.cancelled().await
         }));
         Cp {
+            acct: control.account_key().to_owned(),
             url,
             addr,
             control,
@@ -133,7 +146,7 @@ impl Cp {
         let mut body = params;
         body["endpoint_name"] = json!(name);
         let (st, v) = self
-            .post("/api/v0/endptjobs/", Some("acct-key"), body)
+            .post("/api/v0/endptjobs/", Some(&self.acct), body)
             .await;
         assert_eq!(st, 200, "{v}");
         let id = v["result"].as_i64().unwrap();
@@ -141,7 +154,7 @@ impl Cp {
             .req(
                 reqwest::Method::GET,
                 &format!("/api/v0/endptjobs/{id}/"),
-                Some("acct-key"),
+                Some(&self.acct),
                 None,
             )
             .await;
@@ -150,7 +163,7 @@ impl Cp {
         let (st, v) = self
             .post(
                 "/api/v0/workergroups/",
-                Some("acct-key"),
+                Some(&self.acct),
                 json!({"endpoint_id": id, "search_params": "", "template_hash": "x"}),
             )
             .await;
@@ -172,7 +185,7 @@ impl Cp {
             .post(
                 "/get_endpoint_workers/",
                 None,
-                json!({"id": ep_id, "api_key": "acct-key"}),
+                json!({"id": ep_id, "api_key": self.acct}),
             )
             .await;
         assert_eq!(st, 200, "{v}");

@@ -10,5 +10,7 @@ mod harness;
 mod inproc;
 mod inputs;
 mod local;
+mod pg;
 mod rollout;
+mod store_pg;
 mod vast;
