@@ -8,6 +8,11 @@
 # on separate network namespaces, one of them partitioned; needs root, skipped with a message
 # otherwise except on CI), and the side-by-side benchmark's smoke mode.
 #
+# The PostgreSQL store's tests run inside `cargo test --workspace`, each on a throwaway cluster
+# (scripts/pg-cluster.sh): PostgreSQL is installed first when missing (apt-get, as root), with
+# the package's own cluster stopped and kept from starting. Without it they are skipped with a
+# message, except on CI, where that fails.
+#
 # Real peers are installed by scripts/setup-peers.sh into ~/.cache/ferry (keyed by version and
 # CPU): the first run builds llama-server (about 10 minutes on 2 cores), later runs take seconds.
 set -euo pipefail
@@ -42,6 +47,16 @@ cargo machete
 
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "PostgreSQL for the store tests (scripts/pg-cluster.sh install)"
+if [ "$(id -u)" = 0 ] || bash scripts/pg-cluster.sh find >/dev/null 2>&1; then
+    bash scripts/pg-cluster.sh install
+elif [ -n "${CI:-}" ]; then
+    echo "PostgreSQL: CI must run the store tests: not found, and installing needs root (uid $(id -u))"
+    exit 1
+else
+    echo "SKIPPED: PostgreSQL not found and not root to install it; its store tests will skip"
+fi
 
 step "cargo test --workspace"
 cargo test --workspace --locked

@@ -91,7 +91,11 @@ async fn demo(args: &DemoArgs, state_dir: &std::path::Path) -> anyhow::Result<()
     let matches = ferry_control::ControlArgs::augment_args(clap::Command::new("control"))
         .try_get_matches_from(argv)
         .context("demo control plane arguments")?;
-    let control_args = ferry_control::ControlArgs::from_arg_matches(&matches)?;
+    let mut control_args = ferry_control::ControlArgs::from_arg_matches(&matches)?;
+    // The demo's state is its own, in its state folder: never a database named by FERRY_STORE
+    // or FERRY_DB for a real control plane.
+    control_args.store = None;
+    control_args.db = None;
 
     println!(
         "ferry demo: control plane at {base} (state in {})",

@@ -17,7 +17,8 @@
 //!   this host, [`provider::external`] lets workers join with a token, [`provider::vast`]
 //!   rents Vast instances.
 //! - Persists endpoints, workergroups, keys, the `request_idx` counter, queued requests and
-//!   worker records through the [`store::Store`] trait (SQLite today).
+//!   worker records through the [`store::Store`] trait: a SQLite file, or PostgreSQL with
+//!   `--store postgres://...` ([`store::postgres`]).
 //! - Serves the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
 //!   `/api/v0/autojobs/`) and an OpenAI-compatible gateway (`/{endpoint}/v1/...`).
 //!
@@ -53,7 +54,8 @@
 //! - [`route`]: `/route/`, dispatch of the queue, and the pure chooser.
 //! - [`autoscale`]: `decide` (pure), `view` (what it sees), `apply` (a tick) and its loop.
 //!   [`provider`]: the trait, `local`, `external`, `vast`.
-//! - [`store`]: the persistence trait; SQLite on its own thread. [`telemetry`]: metrics.
+//! - [`store`]: the persistence trait; SQLite on its own thread, or PostgreSQL written behind
+//!   by a task on its own thread. [`telemetry`]: metrics.
 //!   [`error`]: errors.
 //!
 //! # Shutdown order

@@ -65,6 +65,9 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Migrated, SchemaError
         )));
     }
     let tx = client.transaction().await?;
+    // No "already exists, skipping" notice in the log at every start.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await?;
     tx.batch_execute(
