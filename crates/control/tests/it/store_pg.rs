@@ -537,9 +537,8 @@ fn postgres_migrations_run_once_when_two_processes_start_at_once() {
     let pg = pg_or_skip!();
     for round in 0..5 {
         let url = pg.createdb(&format!("race{round}"));
-        let gate =
-            std::env::temp_dir().join(format!("ferry-pg-gate-{}-{round}", std::process::id()));
-        let _ = std::fs::remove_file(&gate);
+        // In the cluster's folder: removed with it, whatever happens.
+        let gate = pg.dir().join(format!("gate-{round}"));
         let children: Vec<_> = (0..2)
             .map(|_| {
                 std::process::Command::new(std::env::current_exe().unwrap())
