@@ -31,7 +31,7 @@ find_bin() {
         return 0
     fi
     # Debian keeps them off PATH, one folder per major version: take the newest.
-    p=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    p=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
     if [ -n "$p" ] && [ -x "$p/initdb" ] && [ -x "$p/pg_ctl" ]; then echo "$p"; return 0; fi
     return 3
 }

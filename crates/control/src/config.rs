@@ -383,7 +383,8 @@ impl ControlArgs {
             Some(d) => d.clone(),
             None => default_state_dir()?,
         };
-        let postgres = match &self.store {
+        // An empty FERRY_STORE (a compose file's `${FERRY_STORE:-}`) means none.
+        let postgres = match self.store.as_deref().filter(|u| !u.trim().is_empty()) {
             Some(url) => {
                 if self.db.is_some() {
                     return Err(ConfigError::new(
@@ -669,6 +670,8 @@ mod tests {
         assert!(!format!("{pg:?}").contains("pw"));
         let s = validate(&["--store", "postgresql://ferry@db/state"]).unwrap();
         assert!(s.postgres.is_some());
+        let s = validate(&["--store", " "]).unwrap();
+        assert!(s.postgres.is_none() && s.db.is_some());
         for argv in [
             &["--store", "sqlite:///tmp/x.db"][..],
             &["--store", "postgres://u:pw@h:port/db"],

@@ -10,7 +10,9 @@
 //! tried again on a new connection: nothing is dropped, and while the database is down the
 //! memory held is bounded by the number of distinct records, not the number of writes. A
 //! batch whose commit was lost in flight may be applied twice; every write is an upsert or a
-//! delete, so that is harmless.
+//! delete, so that is harmless. A transaction given up after the timeout may still commit on the
+//! server later; the retry writes every row it wrote (the batch only grows) and waits for its
+//! row locks, so the newer values always land last.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
