@@ -14,6 +14,8 @@
 #   scripts/pg-cluster.sh createdb DIR DB  create another database
 #   scripts/pg-cluster.sh remove DIR       stop the server (immediate) and delete the folder
 #
+# `start` first removes the clusters whose owner (the process that ran `start`) has died, so a
+# killed test run leaves no server behind for long.
 # The server never runs as root (PostgreSQL refuses to): as root, initdb and pg_ctl run as the
 # `postgres` user (`runuser`), which owns the folder. It listens on 127.0.0.1 only (TCP) and
 # on a socket inside the folder; authentication is `trust`, for the local tests only.
@@ -96,11 +98,28 @@ cmd_install() {
     fi
 }
 
+# Removes the clusters whose owner (the process that started them) is gone: a test run killed
+# before its clean-up ran leaves its server behind otherwise.
+sweep() {
+    local d owner
+    for d in "${TMPDIR:-/tmp}"/ferry-pg-*/; do
+        [ -f "$d/owner" ] || continue
+        owner=$(cat "$d/owner")
+        if ! kill -0 "$owner" 2>/dev/null; then
+            echo "pg-cluster: removing ${d%/}, left by process $owner" >&2
+            cmd_remove "${d%/}"
+        fi
+    done
+}
+
 cmd_start() {
     local db="${1:-ferry}" bin dir port i
     bin=$(find_bin) || die "PostgreSQL not found (scripts/pg-cluster.sh install, or set PG_BIN)" 3
+    sweep
     dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-pg-XXXXXX")
     chmod 700 "$dir"
+    # The process that asked (a test binary, a suite's shell) owns the cluster.
+    echo "$PPID" >"$dir/owner"
     if [ "$(id -u)" = 0 ]; then chown postgres: "$dir"; fi
     if ! as_owner "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 --locale=C --no-sync \
         >"$dir/initdb.log" 2>&1; then
