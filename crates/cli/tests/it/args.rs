@@ -72,3 +72,29 @@ fn bench_argument_errors() {
         "cannot be used with",
     );
 }
+
+#[test]
+fn control_store_errors_name_the_setting_not_the_password() {
+    let dir = std::env::temp_dir().join(format!("ferry-args-store-{}", std::process::id()));
+    let d = dir.to_string_lossy().into_owned();
+    let base = ["control", "--listen", "127.0.0.1:0", "--state-dir", &d];
+    for (extra, needle) in [
+        (
+            &["--store", "mysql://u:s3cret@h/db"][..],
+            "--store: must be a postgres:// or postgresql:// URL",
+        ),
+        (
+            &["--store", "postgres://u:s3cret@h/db", "--db", "/tmp/x.db"],
+            "--store: give either --store (PostgreSQL) or --db (SQLite), not both",
+        ),
+        (
+            &["--store", "postgres://u:s3cret@h:port/db"],
+            "--store: not a valid PostgreSQL URL",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        assert_one_line(&args, needle);
+        assert!(!stderr(&ferry(&args)).contains("s3cret"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
