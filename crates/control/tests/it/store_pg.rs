@@ -446,6 +446,50 @@ async fn postgres_slow_database_holds_writes_until_it_answers() {
     close(s).await;
 }
 
+/// Closing while the database is down gives up within its bound (the writes still queued are
+/// not persisted: what was committed before stays); a flush after the close answers `Closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_close_while_down_gives_up_within_its_bound() {
+    let pg = Arc::new(pg_or_skip!());
+    let target = pg.target();
+    let opts = PgOptions {
+        close_timeout: Duration::from_secs(2),
+        ..quick()
+    };
+    let (s, _) = open(&target, opts.clone()).await;
+    s.write(Write::Kv {
+        key: "before",
+        value: "1".into(),
+    });
+    s.flush().await.unwrap();
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.stop()).await.unwrap();
+    s.write(Write::Kv {
+        key: "during",
+        value: "1".into(),
+    });
+    assert!(s.flush().await.is_err());
+    let began = std::time::Instant::now();
+    let s2 = s.clone();
+    tokio::task::spawn_blocking(move || s2.close())
+        .await
+        .unwrap();
+    // The close bound, after at most one commit under way (the operation bound).
+    assert!(
+        began.elapsed() < opts.close_timeout + opts.op_timeout + Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(s.flush().await, Err(StoreError::Closed));
+    let p = pg.clone();
+    tokio::task::spawn_blocking(move || p.resume())
+        .await
+        .unwrap();
+    let (_s, back) = open(&target, quick()).await;
+    assert_eq!(back.kv.get("before").map(String::as_str), Some("1"));
+    assert!(!back.kv.contains_key("during"));
+}
+
 /// A control plane on PostgreSQL creates endpoints and workergroups and hands out request
 /// indexes; restarted on the same database it has the same account key, signing key,
 /// endpoints (with their keys) and workergroups, and numbers requests above every index it

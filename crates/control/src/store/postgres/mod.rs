@@ -23,8 +23,9 @@
 //! - [`Store::flush`] waits at most [`PgOptions::flush_timeout`] (5 s): past it the caller gets
 //!   [`StoreError::Behind`] while the writes stay queued and are committed when the database
 //!   answers.
-//! - [`Store::close`] (at exit) keeps trying for [`PgOptions::close_timeout`] (10 s), then logs
-//!   how many writes were not persisted and gives up.
+//! - [`Store::close`] (at exit) keeps trying for [`PgOptions::close_timeout`] (10 s, after a
+//!   commit already under way, itself bounded), then logs how many writes were not persisted
+//!   and gives up.
 
 mod schema;
 mod target;
@@ -38,6 +39,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use target::PgTarget;
@@ -84,6 +86,7 @@ pub struct PostgresStore {
     tx: Mutex<Option<mpsc::UnboundedSender<Op>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     pending: Arc<AtomicUsize>,
+    closing: CancellationToken,
     target: PgTarget,
     flush_timeout: Duration,
     migrated: schema::Migrated,
@@ -115,6 +118,8 @@ impl PostgresStore {
         let flush_timeout = opts.flush_timeout;
         let w_target = target.clone();
         let w_pending = pending.clone();
+        let closing = CancellationToken::new();
+        let w_closing = closing.clone();
         let thread = std::thread::Builder::new()
             .name("ferry-pg-store".into())
             .spawn(move || {
@@ -148,6 +153,7 @@ impl PostgresStore {
                         conn: Some(conn),
                         conns,
                         pending: w_pending,
+                        closing: w_closing,
                     }
                     .run()
                     .await;
@@ -170,6 +176,7 @@ impl PostgresStore {
                 tx: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 pending,
+                closing,
                 target,
                 flush_timeout,
                 migrated,
@@ -320,6 +327,7 @@ impl Store for PostgresStore {
             Err(p) => p.into_inner().take(),
         };
         drop(tx);
+        self.closing.cancel();
         let handle = match self.thread.lock() {
             Ok(mut g) => g.take(),
             Err(p) => p.into_inner().take(),

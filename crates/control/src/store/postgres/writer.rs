@@ -23,6 +23,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_postgres::{Client, NoTls, Statement};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::schema;
@@ -270,6 +271,9 @@ pub(crate) struct Writer {
     pub(crate) conn: Option<Conn>,
     pub(crate) conns: TaskTracker,
     pub(crate) pending: Arc<AtomicUsize>,
+    /// Cancelled by [`super::PostgresStore::close`]: cuts a back-off short, so the close
+    /// deadline starts at once.
+    pub(crate) closing: CancellationToken,
 }
 
 /// An outage under way: when it began and how many attempts failed.
@@ -356,7 +360,10 @@ impl Writer {
                     }
                     let wait = backoff.wait();
                     let wait = give_up.map_or(wait, |t| wait.min(t.saturating_duration_since(now)));
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = self.closing.cancelled(), if closed_at.is_none() => {}
+                    }
                 }
             }
         }
