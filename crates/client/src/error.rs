@@ -35,6 +35,15 @@ pub enum Error {
         /// Time spent on the request.
         elapsed: Duration,
     },
+    /// A stream's worker sent nothing for longer than the request's `worker_timeout` (a
+    /// partitioned or hung worker); the stream ends here.
+    #[error("the stream from {url} stalled: nothing for {:.1}s", idle.as_secs_f64())]
+    StreamStalled {
+        /// The URL called.
+        url: String,
+        /// The silence allowed.
+        idle: Duration,
+    },
     /// Connecting, sending or reading failed (after retries, where retries apply).
     #[error("transport error talking to {url}: {source}")]
     Transport {
@@ -93,6 +102,7 @@ impl Error {
             Error::RouteRejected { .. } => "route_rejected",
             Error::WorkerError { .. } => "worker_error",
             Error::Timeout { .. } => "timeout",
+            Error::StreamStalled { .. } => "stream_stalled",
             Error::Transport { .. } => "transport",
             Error::Decode { .. } => "decode",
             Error::SessionClosed { .. } => "session_closed",

@@ -142,7 +142,8 @@ pub struct RequestOptions {
     /// Deadline of the whole request, polling and retries included (headers only, for a
     /// stream). Default 600 s; `None` waits forever as Vast's client does.
     pub timeout: Option<Duration>,
-    /// Timeout of one worker call (for a stream: until its headers). Vast: 600 s.
+    /// Timeout of one worker call (for a stream: until its headers, then the longest silence
+    /// between two chunks). Vast: 600 s.
     pub worker_timeout: Duration,
     /// Retry on connection failures and 408/429/5xx (Vast: true).
     pub retry: bool,
@@ -566,7 +567,7 @@ impl Run<'_> {
                     };
                     return Ok(Outcome::Streaming(StreamingResponse {
                         info,
-                        body: ByteStream::new(full_url, res),
+                        body: ByteStream::new(full_url, res, self.opts.worker_timeout),
                     }));
                 }
                 match self.within(res.bytes()).await? {

@@ -5,8 +5,10 @@
 //! `event:` lines, comments). Whatever is left when the body ends is parsed too.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -77,16 +79,26 @@ fn parse_line(line: &[u8]) -> Option<Value> {
 type BoxedBytes = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
 
 /// A response body as a stream of raw chunks, as the worker sends them.
+///
+/// A worker silent for longer than `idle` (the request's `worker_timeout`) ends the stream
+/// with [`Error::StreamStalled`]: a worker cut off by a partition sends no FIN, so without a
+/// bound the reader would wait forever.
 pub struct ByteStream {
     url: String,
     inner: BoxedBytes,
+    idle: Duration,
+    silence: Pin<Box<tokio::time::Sleep>>,
+    stalled: bool,
 }
 
 impl ByteStream {
-    pub(crate) fn new(url: String, response: reqwest::Response) -> Self {
+    pub(crate) fn new(url: String, response: reqwest::Response, idle: Duration) -> Self {
         ByteStream {
             url,
             inner: Box::pin(response.bytes_stream()),
+            idle,
+            silence: Box::pin(tokio::time::sleep(idle)),
+            stalled: false,
         }
     }
 
@@ -113,14 +125,30 @@ impl Stream for ByteStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        if this.stalled {
+            return Poll::Ready(None);
+        }
         match this.inner.as_mut().poll_next(cx) {
             Poll::Ready(Some(Err(source))) => Poll::Ready(Some(Err(Error::Transport {
                 url: this.url.clone(),
                 source,
             }))),
-            Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(b))),
+            Poll::Ready(Some(Ok(b))) => {
+                let next = tokio::time::Instant::now() + this.idle;
+                this.silence.as_mut().reset(next);
+                Poll::Ready(Some(Ok(b)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => match this.silence.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.stalled = true;
+                    Poll::Ready(Some(Err(Error::StreamStalled {
+                        url: this.url.clone(),
+                        idle: this.idle,
+                    })))
+                }
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }

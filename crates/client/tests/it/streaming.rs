@@ -84,3 +84,34 @@ async fn raw_bytes_arrive_chunk_by_chunk() {
     let rest: Vec<Bytes> = body.try_collect().await.unwrap();
     assert_eq!(rest.concat(), b"two three");
 }
+
+#[tokio::test]
+async fn a_stream_silent_past_the_worker_timeout_ends_with_an_error() {
+    let chunks = vec!["data: {\"n\":1}\n\n", "data: {\"n\":2}\n\n"];
+    // The worker sends its headers at once, then nothing for 3 s: a partitioned worker.
+    let w = FakeWorker::start(vec![WorkerAnswer::Chunks(
+        "text/event-stream",
+        chunks,
+        Duration::from_secs(3),
+    )])
+    .await;
+    let cp = FakeControlPlane::start(vec![RouteAnswer::Ready(w.url.clone(), 2)]).await;
+    let opts = RequestOptions {
+        worker_timeout: Duration::from_millis(300),
+        ..RequestOptions::default()
+    };
+    let res = client(&cp.url)
+        .endpoint("ep", "k")
+        .request_stream("/v1/completions", &json!({"stream": true}), &opts)
+        .await
+        .unwrap();
+    let mut events = res.events();
+    let first = events.next().await.unwrap();
+    let e = first.unwrap_err();
+    assert_eq!(e.code(), "stream_stalled", "{e}");
+    assert!(e.to_string().contains("nothing for 0.3s"), "{e}");
+    assert!(
+        events.next().await.is_none(),
+        "the stream ends after the stall"
+    );
+}
