@@ -23,7 +23,6 @@ FERRY_PEER_TIMEOUT_S (per test, default 120).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import json
 import os
@@ -97,47 +96,8 @@ def peer_versions() -> tuple[list[str], list[str]]:
 # The emulator process
 
 
-def _die_with_parent() -> None:
-    # If this test process dies (even by SIGKILL), the emulator gets SIGTERM and stops its
-    # instances' processes.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def procs_under(root: Path) -> dict[int, str]:
-    """Live processes (ours) whose cwd or command line is inside `root`: pid -> cmdline."""
-    root_s = str(root)
-    found: dict[int, str] = {}
-    me = os.getpid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == me:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError):
-            continue
-        if cwd == root_s or cwd.startswith(root_s + "/") or root_s + "/" in cmd:
-            found[pid] = cmd
-    return found
-
-
-def tail(path: Path, n: int = 30) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"({path}: unreadable)"
-    return "\n".join(lines[-n:])
+# Shared with the other peer suites: processes under a folder, log tails, die with the parent.
+from test_official import _die_with_parent, procs_under, tail  # noqa: E402
 
 
 class Emu:
@@ -173,7 +133,7 @@ class Emu:
         if not line.startswith("http://127.0.0.1:"):
             raise AssertionError(
                 f"ferry-vast-emu printed no URL (got {line!r}, exit {self.proc.poll()}):\n"
-                + tail(self.dir / "emu.log")
+                + tail(self.dir / "emu.log", 30)
             )
         self.url = line
 
@@ -656,7 +616,7 @@ def run_one(test, keep: bool) -> bool:
 
             shutil.rmtree(emu.dir, ignore_errors=True)
     else:
-        print(f"FAIL {name} ({dt:.1f} s)\n{err}\n--- {emu.dir}/emu.log (tail)\n{tail(emu.dir / 'emu.log')}",
+        print(f"FAIL {name} ({dt:.1f} s)\n{err}\n--- {emu.dir}/emu.log (tail)\n{tail(emu.dir / 'emu.log', 30)}",
               flush=True)  # fmt: skip
         print(f"    (state dir kept: {emu.dir})", flush=True)
     return ok
