@@ -1,23 +1,50 @@
-"""`/route/` throughput and latency with many workers, per store, side by side in one run.
+"""`/route/` throughput and latency with many workers, per store and replica set, side by side in
+one run.
 
-For each store named, starts `ferry control` on loopback, creates an endpoint with one external
-workergroup, joins N workers through `POST /join/` (they exist only as records: each reports
-itself ready once, with a large benchmark, and no process stands behind its URL), then drives
-`/route/` alone with `ferry bench --direct` (closed loop, C in flight, D seconds). Rounds are
-interleaved across stores. Prints req/s, p50 and p99 per store and round, and the medians.
-Loopback only, bounded in time and count.
+Each row is a control plane on loopback: one `ferry control` (SQLite or PostgreSQL), or several
+replicas on one PostgreSQL database behind a throwaway nginx (`scripts/nginx.sh`, round-robin,
+keep-alive to the replicas). For each row the script creates an endpoint with one external
+workergroup and joins N workers through `POST /join/`, spread over the replicas (they exist only
+as records: each reports itself ready once, with a large benchmark, and no process stands behind
+its URL). It then drives `/route/` alone with `ferry bench --direct` (closed loop, C in flight,
+D seconds) at the row's front: the replica itself, or nginx. Rounds are interleaved across rows
+(A B C / C B A / ...) so the host's drift spreads over every row. Prints req/s, p50 and p99 per
+row and round, and the medians with their ratios to the first SQLite row. Loopback only, bounded
+in time and count.
 
     python3 bench/route_scale.py [--ferry BIN] [--workers 1000] [--concurrency 64]
-                                 [--seconds 10] [--rounds 3] [--store sqlite] [--store postgres://...]
+                                 [--seconds 10] [--rounds 3]
+                                 [--store sqlite] [--store postgres://...]
+                                 [--balanced postgres://...] [--replicated postgres://...]
+                                 [--replicas 3] [--pg-cluster] [--json-out FILE]
 
-`sqlite` is the embedded default (a file in a temporary state dir); a `postgres://` URL is
-passed to `ferry control --store` as it is (the database must exist and be empty or Ferry's).
+Rows:
+  --store S        one replica on S: `sqlite` (a file in a temporary state dir, the embedded
+                   default) or a `postgres://` URL, passed to `ferry control --store` as it is
+                   (the database must exist and be empty or Ferry's). Without any --store, the
+                   one row is `sqlite`.
+  --balanced S     one replica on S behind nginx: what the balancer alone costs.
+  --replicated S   --replicas replicas on S (PostgreSQL) behind nginx. One replica owns the
+                   endpoint and the followers forward every call to it, so with 3 replicas about
+                   2/3 of the calls take one more hop; the nginx access log shows the split.
+  --pg-cluster     start a throwaway PostgreSQL cluster (`scripts/pg-cluster.sh`), add the rows
+                   `postgres`, `postgres, nginx` and `postgres xN, nginx` on databases of their
+                   own, and remove the cluster at the end. With no --store, also `sqlite`: the
+                   one command gives every row.
+
+Each row uses its own database: rows never share state. Replicas get `--replicas` (every
+replica's URL), their own `--public-url`, `--listen` and `--state-dir`, and the same
+`--api-key`; the script waits until exactly one is the owner, and checks after the run that the
+owner and its epoch did not change.
 """
 import argparse
+import datetime
 import json
 import os
+import platform
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -27,6 +54,7 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEY = "route-scale-account-key"
 
 
 def free_port() -> int:
@@ -47,82 +75,273 @@ def call(method: str, url: str, body=None, key=None, timeout=30):
         return json.loads(r.read() or b"null")
 
 
-class Plane:
-    """One `ferry control` with N joined workers."""
+def assignments(text: str) -> dict:
+    """The `NAME=value` lines a scripts/*.sh `start` prints."""
+    return dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]+=", line))
 
-    def __init__(self, ferry: str, store: str, workers: int):
-        self.store = store
-        self.dir = tempfile.mkdtemp(prefix="ferry-route-scale-")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.key = "route-scale-account-key"
-        args = [ferry, "control", "--listen", f"127.0.0.1:{self.port}", "--state-dir", self.dir,
-                "--api-key", self.key, "--stale-after-s", "3600", "--idle-stop-after-s", "86400",
-                "--pending-ttl-s", "5", "--max-connections", "4096"]
-        if store != "sqlite":
-            args += ["--store", store]
-        env = dict(os.environ, FERRY_LOG="error")
-        self.proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=open(os.path.join(self.dir, "control.err"), "wb"))
+
+def script(name: str, *args: str, timeout: int = 120) -> str:
+    out = subprocess.run(["bash", os.path.join(ROOT, "scripts", name), *args],
+                         capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise SystemExit(f"scripts/{name} {' '.join(args[:1])} failed: {out.stderr[-2000:]}")
+    return out.stdout
+
+
+class Balancer:
+    """A throwaway nginx in front of the replicas (scripts/nginx.sh)."""
+
+    def __init__(self, upstreams: list[str]):
+        if not os.path.exists(os.path.join(ROOT, "scripts", "nginx.sh")):
+            return self._fallback(upstreams)  # TEMPORARY until scripts/nginx.sh lands on main
+        got = assignments(script("nginx.sh", "start", *upstreams))
+        self.dir, self.url = got["NGINX_DIR"], got["NGINX_URL"]
+
+    def _fallback(self, upstreams):
+        self.dir = tempfile.mkdtemp(prefix="ferry-nginx-")
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        servers = "".join(f"server {u.removeprefix('http://')};" for u in upstreams)
+        os.makedirs(f"{self.dir}/tmp")
+        with open(f"{self.dir}/nginx.conf", "w") as f:
+            f.write(f"""user root; daemon on; worker_processes 1; pid {self.dir}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{ log_format up '$request_method $request_uri upstream=$upstream_addr'; access_log {self.dir}/access.log up;
+client_body_temp_path {self.dir}/tmp/b; proxy_temp_path {self.dir}/tmp/p; fastcgi_temp_path {self.dir}/tmp/f;
+uwsgi_temp_path {self.dir}/tmp/u; scgi_temp_path {self.dir}/tmp/s;
+upstream ferry {{ {servers} keepalive 64; }}
+server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://ferry; proxy_http_version 1.1;
+proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off; }} }} }}
+""")
+        subprocess.run(["/usr/sbin/nginx", "-p", self.dir, "-e", f"{self.dir}/error.log", "-c",
+                        f"{self.dir}/nginx.conf"], check=True)
+        for _ in range(100):
+            if os.path.exists(f"{self.dir}/nginx.pid"):
+                break
+            time.sleep(0.05)
+
+    def upstream_counts(self) -> dict:
+        """`/route/` calls per upstream address, from the access log."""
+        counts: dict = {}
+        try:
+            with open(os.path.join(self.dir, "access.log")) as f:
+                for line in f:
+                    if " /route/ " in line:
+                        m = re.search(r"upstream=(\S+)", line)
+                        if m:
+                            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+        except OSError:
+            pass
+        return counts
+
+    def stop(self):
+        if not os.path.exists(os.path.join(ROOT, "scripts", "nginx.sh")):
+            with open(f"{self.dir}/nginx.pid") as f:
+                os.kill(int(f.read().strip()), signal.SIGTERM)
+            time.sleep(0.5)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
+        script("nginx.sh", "stop", self.dir)
+
+
+class Plane:
+    """One row: `replicas` x `ferry control` on one store, N joined workers, maybe behind nginx."""
+
+    def __init__(self, ferry: str, label: str, store: str, replicas: int, balanced: bool, workers: int):
+        self.label, self.store, self.replicas, self.balanced = label, store, replicas, balanced
+        self.procs: list[subprocess.Popen] = []
+        self.dirs: list[str] = []
+        self.balancer = None
+        self.owner = None
+        self.epoch = None
+        try:
+            self.start(ferry, workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self, ferry: str, workers: int):
+        replicas, store, balanced = self.replicas, self.store, self.balanced
+        ports = [free_port() for _ in range(replicas)]
+        self.urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for i, port in enumerate(ports):
+            d = tempfile.mkdtemp(prefix="ferry-route-scale-")
+            self.dirs.append(d)
+            args = [ferry, "control", "--listen", f"127.0.0.1:{port}", "--state-dir", d,
+                    "--api-key", KEY, "--stale-after-s", "3600", "--idle-stop-after-s", "86400",
+                    "--pending-ttl-s", "5", "--max-connections", "4096"]
+            if store != "sqlite":
+                args += ["--store", store]
+            if replicas > 1:
+                args += ["--replicas", ",".join(self.urls), "--public-url", self.urls[i]]
+            # Nothing of the caller's Ferry settings (FERRY_STORE from pg-cluster.sh, say) leaks in.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}
+            env["FERRY_LOG"] = "error"
+            self.procs.append(subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL,
+                                               stderr=open(os.path.join(d, "control.err"), "wb")))
+        for i, url in enumerate(self.urls):
+            self.wait_health(i)
+        if replicas > 1:
+            self.owner, self.epoch = self.wait_owner()
+        self.front = self.urls[0]
+        if balanced:
+            self.balancer = Balancer(self.urls)
+            self.front = self.balancer.url
+        self.join(workers)
+
+    def wait_health(self, i: int) -> dict:
         deadline = time.time() + 60
         while True:
             try:
-                call("GET", f"{self.url}/health", timeout=2)
-                break
+                return call("GET", f"{self.urls[i]}/health", timeout=2)
             except OSError:
-                if time.time() > deadline or self.proc.poll() is not None:
-                    raise SystemExit(f"ferry control ({store}) did not start; see {self.dir}/control.err")
+                if time.time() > deadline or self.procs[i].poll() is not None:
+                    with open(os.path.join(self.dirs[i], "control.err"), errors="replace") as f:
+                        err = f.read()[-2000:]
+                    raise SystemExit(f"ferry control ({self.label}, replica {i + 1}) did not start:\n{err}")
                 time.sleep(0.1)
-        ep = call("POST", f"{self.url}/api/v0/endptjobs/", {
+
+    def roles(self) -> list[dict]:
+        out = []
+        for url in self.urls:
+            try:
+                out.append(call("GET", f"{url}/health", timeout=2))
+            except OSError as e:
+                out.append({"role": f"unreachable ({e})"})
+        return out
+
+    def wait_owner(self) -> tuple[str, int]:
+        """Exactly one owner, and every replica names it."""
+        deadline = time.time() + 60
+        while True:
+            hs = self.roles()
+            owners = [self.urls[i] for i, h in enumerate(hs) if h.get("role") == "owner"]
+            if len(owners) == 1 and all(h.get("owner") == hs[self.urls.index(owners[0])].get("owner") for h in hs) \
+                    and all(h.get("role") in ("owner", "follower") for h in hs):
+                return owners[0], hs[self.urls.index(owners[0])].get("epoch")
+            if time.time() > deadline:
+                raise SystemExit(f"{self.label}: no single owner after 60 s: {hs}")
+            time.sleep(0.2)
+
+    def join(self, workers: int):
+        ep = call("POST", f"{self.front}/api/v0/endptjobs/", {
             "endpoint_name": "scale", "max_workers": workers + 10, "cold_workers": workers,
             "inactivity_timeout": -1, "max_queue_time": 1e9, "target_queue_time": 1e9,
-        }, self.key)["result"]
-        self.endpoint_key = call("GET", f"{self.url}/api/v0/endptjobs/{ep}/", key=self.key)["result"]["api_key"]
-        wg = call("POST", f"{self.url}/api/v0/workergroups/", {"endpoint_id": ep, "provider": "external"}, self.key)["id"]
-        token = call("POST", f"{self.url}/api/v0/workergroups/{wg}/join_tokens/", {}, self.key)["token"]
+        }, KEY)["result"]
+        self.endpoint_key = call("GET", f"{self.front}/api/v0/endptjobs/{ep}/", key=KEY)["result"]["api_key"]
+        wg = call("POST", f"{self.front}/api/v0/workergroups/", {"endpoint_id": ep, "provider": "external"}, KEY)["id"]
+        token = call("POST", f"{self.front}/api/v0/workergroups/{wg}/join_tokens/", {}, KEY)["token"]
         t0 = time.time()
         for i in range(workers):
+            # Workers join and report through any replica: spread them over all of them.
+            via = self.urls[i % len(self.urls)]
             url = f"http://127.0.{1 + i // 250}.{1 + i % 250}:3000"
-            j = call("POST", f"{self.url}/join/", {"token": token, "url": url})
-            call("POST", f"{self.url}/worker_status/", {
+            j = call("POST", f"{via}/join/", {"token": token, "url": url})
+            call("POST", f"{via}/worker_status/", {
                 "id": j["worker_id"], "mtoken": j["mtoken"], "loadtime": 1.0, "max_perf": 1e9,
                 "cur_load": 0.0, "url": url, "version": "bench",
             })
         self.join_s = time.time() - t0
-        ready = [w for w in call("POST", f"{self.url}/get_endpoint_workers/", {"id": ep, "api_key": self.key})
+        ready = [w for w in call("POST", f"{self.front}/get_endpoint_workers/", {"id": ep, "api_key": KEY})
                  if w["status"] == "idle"]
         if len(ready) < workers:
-            raise SystemExit(f"{store}: only {len(ready)} of {workers} workers ready")
+            raise SystemExit(f"{self.label}: only {len(ready)} of {workers} workers ready")
 
     def bench(self, ferry: str, concurrency: int, seconds: int) -> dict:
         payload = json.dumps({"endpoint": "scale", "api_key": self.endpoint_key, "cost": 1})
         out = subprocess.run(
-            [ferry, "bench", "--direct", f"{self.url}/route/", "-p", payload, "-c", str(concurrency),
+            [ferry, "bench", "--direct", f"{self.front}/route/", "-p", payload, "-c", str(concurrency),
              "--duration", f"{seconds}s", "--json", "--progress-interval", "0"],
             capture_output=True, text=True, timeout=seconds + 120,
         )
         if out.returncode != 0:
-            raise SystemExit(f"ferry bench failed: {out.stderr[-2000:]}")
+            raise SystemExit(f"ferry bench failed ({self.label}): {out.stderr[-2000:]}")
         return json.loads(out.stdout)
 
+    def check_owner(self) -> str:
+        """Empty when the owner and its epoch are those of the start; else what changed."""
+        if self.replicas < 2:
+            return ""
+        hs = self.roles()
+        owners = [self.urls[i] for i, h in enumerate(hs) if h.get("role") == "owner"]
+        epoch = hs[self.urls.index(owners[0])].get("epoch") if len(owners) == 1 else None
+        if owners == [self.owner] and epoch == self.epoch:
+            return ""
+        return f"owner changed during the run: {self.owner} epoch {self.epoch} -> {owners} epoch {epoch}"
+
+    def hops(self) -> dict:
+        """How nginx spread the `/route/` calls, and the share that reached the owner at once."""
+        if not self.balancer:
+            return {}
+        counts = self.balancer.upstream_counts()
+        total = sum(counts.values())
+        out = {"per_upstream": counts, "total": total}
+        if self.owner and total:
+            out["direct_to_owner"] = counts.get(self.owner.removeprefix("http://"), 0) / total
+        return out
+
     def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.balancer:
+            try:
+                self.balancer.stop()
+            except (SystemExit, subprocess.SubprocessError) as e:
+                print(f"{self.label}: stopping nginx: {e}", file=sys.stderr)
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
 
 
-def figures(report: dict) -> tuple[float, float, float, int]:
+class PgCluster:
+    """A throwaway PostgreSQL cluster (scripts/pg-cluster.sh), one database per row."""
+
+    def __init__(self):
+        got = assignments(script("pg-cluster.sh", "start", "route_scale_0"))
+        self.dir, self.port = got["PG_CLUSTER_DIR"], got["PG_PORT"]
+        self.made = 1
+
+    def database(self) -> str:
+        name = f"route_scale_{self.made}"
+        script("pg-cluster.sh", "createdb", self.dir, name)
+        self.made += 1
+        return f"postgres://postgres@127.0.0.1:{self.port}/{name}"
+
+    def remove(self):
+        script("pg-cluster.sh", "remove", self.dir)
+
+
+def figures(report: dict) -> dict:
     lat = report.get("latency_ms") or {}
-    return (float(report.get("throughput_rps", 0.0)), float(lat.get("p50", 0.0)),
-            float(lat.get("p99", 0.0)), int(report.get("errors", 0)))
+    return {"rps": float(report.get("throughput_rps", 0.0)), "p50_ms": float(lat.get("p50", 0.0)),
+            "p99_ms": float(lat.get("p99", 0.0)), "errors": int(report.get("errors", 0))}
+
+
+def machine() -> dict:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()}
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_bin = os.path.join(ROOT, "target", "release", "ferry")
     if not os.path.exists(default_bin):
         default_bin = os.path.join(ROOT, "target", "debug", "ferry")
@@ -131,34 +350,120 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--store", action="append", default=[])
+    ap.add_argument("--store", action="append", default=[], help="a row: one replica on this store")
+    ap.add_argument("--balanced", action="append", default=[], help="a row: one replica on this store behind nginx")
+    ap.add_argument("--replicated", action="append", default=[],
+                    help="a row: --replicas replicas on this PostgreSQL store behind nginx")
+    ap.add_argument("--replicas", type=int, default=3)
+    ap.add_argument("--pg-cluster", action="store_true",
+                    help="start a throwaway PostgreSQL cluster and add its rows (see above)")
+    ap.add_argument("--json-out", help="write every round and the medians to this file")
     a = ap.parse_args()
-    stores = a.store or ["sqlite"]
-    if a.workers > 60000 or a.seconds > 120 or a.rounds > 10:
-        raise SystemExit("bounded: at most 60000 workers, 120 s per run, 10 rounds")
-    planes = {}
+    if a.workers > 60000 or a.seconds > 120 or a.rounds > 10 or not 2 <= a.replicas <= 9:
+        raise SystemExit("bounded: at most 60000 workers, 120 s per run, 10 rounds, 2-9 replicas")
+    for st in a.replicated:
+        if not st.startswith("postgres"):
+            raise SystemExit(f"--replicated needs a postgres:// store: {redact(st)}")
+    # SIGTERM (a CI timeout, kill) still stops every process and removes the cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    cluster = None
+    planes: list[Plane] = []
     try:
-        for st in stores:
-            planes[st] = Plane(a.ferry, st, a.workers)
-            print(f"{label(st)}: {a.workers} workers joined and ready in {planes[st].join_s:.1f} s", flush=True)
-        rows = {st: [] for st in stores}
+        stores = a.store or ["sqlite"]
+        if a.pg_cluster:
+            cluster = PgCluster()
+            print(f"PostgreSQL cluster in {cluster.dir} on 127.0.0.1:{cluster.port}", flush=True)
+            stores.append(cluster.database())
+            a.balanced.append(cluster.database())
+            a.replicated.append(cluster.database())
+        rows = [(st, 1, False) for st in stores] + [(st, 1, True) for st in a.balanced] \
+            + [(st, a.replicas, True) for st in a.replicated]
+        labels = unique([label(st, n, lb) for st, n, lb in rows])
+        load_before = loadavg()
+        for (st, n, lb), name in zip(rows, labels):
+            p = Plane(a.ferry, name, st, n, lb, a.workers)
+            planes.append(p)
+            extra = f"; owner {p.owner} (epoch {p.epoch})" if p.owner else ""
+            print(f"{name}: {a.workers} workers joined and ready in {p.join_s:.1f} s{extra}", flush=True)
+        results: dict = {p.label: [] for p in planes}
         for r in range(a.rounds):
-            for st in stores:
-                rep = planes[st].bench(a.ferry, a.concurrency, a.seconds)
-                rows[st].append(figures(rep))
-                rps, p50, p99, err = rows[st][-1]
-                print(f"round {r + 1} {label(st):>10}: {rps:9.0f} routes/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  errors {err}", flush=True)
-        print(f"\n/route/ with {a.workers} workers, {a.concurrency} in flight, {a.seconds} s x {a.rounds} rounds "
-              f"(medians; `python3 bench/route_scale.py {redact(' '.join(sys.argv[1:]))}`)\n")
-        print("| store | routes/s | p50 ms | p99 ms | errors |\n|---|---|---|---|---|")
-        for st in stores:
-            med = [statistics.median(x[i] for x in rows[st]) for i in range(3)]
-            errs = sum(x[3] for x in rows[st])
-            print(f"| {label(st)} | {med[0]:,.0f} | {med[1]:.2f} | {med[2]:.2f} | {errs} |")
+            order = planes if r % 2 == 0 else planes[::-1]
+            for p in order:
+                f = figures(p.bench(a.ferry, a.concurrency, a.seconds))
+                results[p.label].append(f)
+                print(f"round {r + 1} {p.label:>20}: {f['rps']:9.0f} routes/s  p50 {f['p50_ms']:6.2f} ms  "
+                      f"p99 {f['p99_ms']:6.2f} ms  errors {f['errors']}", flush=True)
+        load_after = loadavg()
+        command = f"python3 bench/route_scale.py {redact(' '.join(sys.argv[1:]))}".strip()
+        out = report(a, planes, results, command, load_before, load_after)
+        if a.json_out:
+            with open(a.json_out, "w") as f:
+                json.dump(out, f, indent=2)
+                f.write("\n")
     finally:
-        for p in planes.values():
+        for p in planes:
             p.stop()
+        if cluster:
+            cluster.remove()
     return 0
+
+
+def report(a, planes: list, results: dict, command: str, load_before: str, load_after: str) -> dict:
+    def med(label, key):
+        return statistics.median(x[key] for x in results[label])
+
+    base = next((p.label for p in planes if p.store == "sqlite" and p.replicas == 1 and not p.balanced),
+                planes[0].label)
+    rows = []
+    for p in planes:
+        row = {
+            "label": p.label, "store": "sqlite" if p.store == "sqlite" else "postgres",
+            "replicas": p.replicas, "nginx": p.balanced, "join_s": round(p.join_s, 2),
+            "rounds": results[p.label],
+            "median": {k: med(p.label, k) for k in ("rps", "p50_ms", "p99_ms")},
+            "errors": sum(x["errors"] for x in results[p.label]),
+        }
+        row["vs_" + base] = {k: row["median"][k] / med(base, k) if med(base, k) else None
+                             for k in ("rps", "p50_ms", "p99_ms")}
+        if p.owner:
+            row["owner_changed"] = p.check_owner() or None
+        if p.balancer:
+            row["hops"] = p.hops()
+        rows.append(row)
+
+    print(f"\n/route/ with {a.workers} workers, {a.concurrency} in flight, {a.seconds} s x {a.rounds} rounds, "
+          f"interleaved (medians; ratios against {base}; `{command}`)\n")
+    print(f"| configuration | routes/s | p50 ms | p99 ms | routes/s vs {base} | p99 vs {base} | errors |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        m, v = row["median"], row["vs_" + base]
+        print(f"| {row['label']} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+              f"{v['rps']:.2f}x | {v['p99_ms']:.2f}x | {row['errors']} |")
+    print()
+    for row in rows:
+        lo, hi = min(x["rps"] for x in row["rounds"]), max(x["rps"] for x in row["rounds"])
+        print(f"{row['label']}: routes/s over rounds {lo:,.0f}-{hi:,.0f}; "
+              f"p99 {min(x['p99_ms'] for x in row['rounds']):.2f}-{max(x['p99_ms'] for x in row['rounds']):.2f} ms; "
+              f"{a.workers} joins in {row['join_s']:.1f} s")
+        hops = row.get("hops") or {}
+        if hops.get("total"):
+            spread = ", ".join(f"{u} {c / hops['total']:.0%}" for u, c in sorted(hops["per_upstream"].items()))
+            owner = f"; straight to the owner {hops['direct_to_owner']:.0%}" if "direct_to_owner" in hops else ""
+            print(f"  nginx spread {hops['total']:,} /route/ calls: {spread}{owner}")
+        if row.get("owner_changed"):
+            print(f"  WARNING: {row['owner_changed']}")
+    print(f"\nload average before {load_before}, after {load_after}")
+    return {
+        "machine": machine(),
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "args": {"ferry": a.ferry, "workers": a.workers, "concurrency": a.concurrency, "seconds": a.seconds,
+                 "rounds": a.rounds, "replicas": a.replicas},
+        "load_average": {"before": load_before, "after": load_after},
+        "baseline": base,
+        "rows": rows,
+    }
 
 
 def redact(text: str) -> str:
@@ -166,8 +471,20 @@ def redact(text: str) -> str:
     return re.sub(r"(://[^:/@\s]+):[^@\s]*@", r"\1:***@", text)
 
 
-def label(store: str) -> str:
-    return "sqlite" if store == "sqlite" else "postgres"
+def label(store: str, replicas: int, balanced: bool) -> str:
+    name = "sqlite" if store == "sqlite" else "postgres"
+    if replicas > 1:
+        name += f" x{replicas}"
+    return name + (", nginx" if balanced else "")
+
+
+def unique(names: list[str]) -> list[str]:
+    seen: dict = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} #{seen[n]}")
+    return out
 
 
 if __name__ == "__main__":
