@@ -147,8 +147,10 @@ proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off
 class Plane:
     """One row: `replicas` x `ferry control` on one store, N joined workers, maybe behind nginx."""
 
-    def __init__(self, ferry: str, label: str, store: str, replicas: int, balanced: bool, workers: int):
+    def __init__(self, ferry: str, label: str, store: str, replicas: int, balanced: bool, workers: int,
+                 pg_dir=None):
         self.label, self.store, self.replicas, self.balanced = label, store, replicas, balanced
+        self.pg_dir = pg_dir if store != "sqlite" else None
         self.procs: list[subprocess.Popen] = []
         self.dirs: list[str] = []
         self.balancer = None
@@ -247,6 +249,29 @@ class Plane:
         if len(ready) < workers:
             raise SystemExit(f"{self.label}: only {len(ready)} of {workers} workers ready")
 
+    def components(self) -> dict:
+        """The processes that serve this row's routes, by component, for CPU per route."""
+        out = {"ferry": [p.pid for p in self.procs]}
+        if self.balancer:
+            master = pid_file(os.path.join(self.balancer.dir, "nginx.pid"))
+            out["nginx"] = tree(master) if master else []
+        if self.pg_dir:
+            # The whole cluster: during this row's run the other rows' databases are idle.
+            master = pid_file(os.path.join(self.pg_dir, "data", "postmaster.pid"))
+            out["postgres"] = tree(master) if master else []
+        return out
+
+    def measure(self, ferry: str, concurrency: int, seconds: int) -> dict:
+        """One run: the bench's figures and the CPU each component spent per route (µs)."""
+        before = {k: cpu_ticks(v) for k, v in self.components().items()}
+        f = figures(self.bench(ferry, concurrency, seconds))
+        after = {k: cpu_ticks(v) for k, v in self.components().items()}
+        tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+        for k, ticks in after.items():
+            spent = sum(t - before.get(k, {}).get(p, 0) for p, t in ticks.items())
+            f[f"cpu_us_{k}"] = spent * tick_us / f["requests"] if f["requests"] else None
+        return f
+
     def bench(self, ferry: str, concurrency: int, seconds: int) -> dict:
         payload = json.dumps({"endpoint": "scale", "api_key": self.endpoint_key, "cost": 1})
         out = subprocess.run(
@@ -319,7 +344,44 @@ class PgCluster:
 def figures(report: dict) -> dict:
     lat = report.get("latency_ms") or {}
     return {"rps": float(report.get("throughput_rps", 0.0)), "p50_ms": float(lat.get("p50", 0.0)),
-            "p99_ms": float(lat.get("p99", 0.0)), "errors": int(report.get("errors", 0))}
+            "p99_ms": float(lat.get("p99", 0.0)), "errors": int(report.get("errors", 0)),
+            "requests": int(report.get("ok", 0))}
+
+
+def tree(pid: int) -> list[int]:
+    """pid and its descendants (nginx's workers, PostgreSQL's backends)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def cpu_ticks(pids: list[int]) -> dict:
+    """utime + stime of each live pid, in clock ticks."""
+    out = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[p] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def pid_file(path: str):
+    try:
+        with open(path) as f:
+            return int(f.readline().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def machine() -> dict:
@@ -382,7 +444,7 @@ def main() -> int:
         labels = unique([label(st, n, lb) for st, n, lb in rows])
         load_before = loadavg()
         for (st, n, lb), name in zip(rows, labels):
-            p = Plane(a.ferry, name, st, n, lb, a.workers)
+            p = Plane(a.ferry, name, st, n, lb, a.workers, cluster.dir if cluster else None)
             planes.append(p)
             extra = f"; owner {p.owner} (epoch {p.epoch})" if p.owner else ""
             print(f"{name}: {a.workers} workers joined and ready in {p.join_s:.1f} s{extra}", flush=True)
@@ -390,10 +452,11 @@ def main() -> int:
         for r in range(a.rounds):
             order = planes if r % 2 == 0 else planes[::-1]
             for p in order:
-                f = figures(p.bench(a.ferry, a.concurrency, a.seconds))
+                f = p.measure(a.ferry, a.concurrency, a.seconds)
                 results[p.label].append(f)
+                cpu = "  ".join(f"{k[7:]} {v:.0f}" for k, v in f.items() if k.startswith("cpu_us_") and v is not None)
                 print(f"round {r + 1} {p.label:>20}: {f['rps']:9.0f} routes/s  p50 {f['p50_ms']:6.2f} ms  "
-                      f"p99 {f['p99_ms']:6.2f} ms  errors {f['errors']}", flush=True)
+                      f"p99 {f['p99_ms']:6.2f} ms  errors {f['errors']}  CPU µs/route: {cpu}", flush=True)
         load_after = loadavg()
         command = f"python3 bench/route_scale.py {redact(' '.join(sys.argv[1:]))}".strip()
         out = report(a, planes, results, command, load_before, load_after)
@@ -422,6 +485,8 @@ def report(a, planes: list, results: dict, command: str, load_before: str, load_
             "replicas": p.replicas, "nginx": p.balanced, "join_s": round(p.join_s, 2),
             "rounds": results[p.label],
             "median": {k: med(p.label, k) for k in ("rps", "p50_ms", "p99_ms")},
+            "cpu_us_per_route": {k[7:]: med(p.label, k) for k in results[p.label][0]
+                                 if k.startswith("cpu_us_") and all(x.get(k) is not None for x in results[p.label])},
             "errors": sum(x["errors"] for x in results[p.label]),
         }
         row["vs_" + base] = {k: row["median"][k] / med(base, k) if med(base, k) else None
@@ -440,6 +505,16 @@ def report(a, planes: list, results: dict, command: str, load_before: str, load_
         m, v = row["median"], row["vs_" + base]
         print(f"| {row['label']} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
               f"{v['rps']:.2f}x | {v['p99_ms']:.2f}x | {row['errors']} |")
+    print("\nCPU per route, µs (medians over rounds; postgres: the whole cluster while the row ran)\n")
+    comps = [c for c in ("ferry", "nginx", "postgres") if any(c in r["cpu_us_per_route"] for r in rows)]
+    print("| configuration | " + " | ".join(comps) + " | total | total vs " + base + " |")
+    print("|---|" + "---|" * (len(comps) + 2))
+    base_total = sum(rows[[r["label"] for r in rows].index(base)]["cpu_us_per_route"].values())
+    for row in rows:
+        c = row["cpu_us_per_route"]
+        total = sum(c.values())
+        print(f"| {row['label']} | " + " | ".join(f"{c[k]:,.0f}" if k in c else "–" for k in comps)
+              + f" | {total:,.0f} | {total / base_total if base_total else 0:.2f}x |")
     print()
     for row in rows:
         lo, hi = min(x["rps"] for x in row["rounds"]), max(x["rps"] for x in row["rounds"])
