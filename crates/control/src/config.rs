@@ -471,6 +471,15 @@ impl ControlArgs {
             }
         };
         let replica = self.replica(postgres.is_some(), &public_url)?;
+        let vast = self.vast.validate()?;
+        if replica.is_some() && vast.api_key.is_some() && vast.plane.is_none() {
+            // The plane names the instances' labels; a successor must recognize its
+            // predecessor's instances, and a name generated per state folder would differ.
+            return Err(ConfigError::new(
+                "--vast-plane",
+                "replicas share their Vast instances: give every replica the same --vast-plane",
+            ));
+        }
         Ok(Settings {
             public_url,
             state_dir,
@@ -520,7 +529,7 @@ impl ControlArgs {
                 }
                 limits
             },
-            vast: self.vast.validate()?,
+            vast,
             replica,
         })
     }
@@ -799,6 +808,14 @@ mod tests {
         }
         let e = validate(&["--store", pg, "--replicas", list, "--lease-ttl-s", "0"]).unwrap_err();
         assert_eq!(e.setting, "--lease-ttl-s");
+        let vast = ["--store", pg, "--replicas", list, "--vast-api-key", "k"];
+        assert_eq!(validate(&vast).unwrap_err().setting, "--vast-plane");
+        let named: Vec<&str> = vast
+            .iter()
+            .copied()
+            .chain(["--vast-plane", "prod"])
+            .collect();
+        assert!(validate(&named).is_ok());
     }
 
     #[test]
