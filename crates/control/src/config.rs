@@ -144,9 +144,37 @@ pub struct ControlArgs {
     )]
     pub client_idle_timeout_s: u64,
 
+    /// Run as one of several replicas sharing the `--store` PostgreSQL database: the base
+    /// URLs of every replica, comma-separated (this one's `--public-url` among them). One
+    /// replica at a time holds the lease and owns every endpoint; the others hand requests to
+    /// it. Launched workers get the whole list as `REPORT_ADDR`. See docs/ha.md.
+    #[arg(long, env = "FERRY_REPLICAS")]
+    pub replicas: Option<String>,
+
+    /// With `--replicas`: a lease not renewed for this long (as seen by another replica that
+    /// can read the database) is taken over, seconds. The owner renews every third of it.
+    #[arg(long, env = "FERRY_LEASE_TTL_S", default_value = "5")]
+    pub lease_ttl_s: u64,
+
+    /// With `--replicas`: how long a replica holds a request while no owner is known (a
+    /// failover under way) before answering 503, seconds.
+    #[arg(long, env = "FERRY_HANDOFF_WAIT_S", default_value = "15")]
+    pub handoff_wait_s: u64,
+
     /// The Vast provider's settings.
     #[command(flatten)]
     pub vast: VastArgs,
+}
+
+/// Settings of a replica (`--replicas`).
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// Every replica's base URL, this one's included.
+    pub urls: Vec<String>,
+    /// Lease lifetime without renewal.
+    pub lease_ttl: Duration,
+    /// How long a request waits for an owner.
+    pub handoff_wait: Duration,
 }
 
 /// Settings of the Vast provider ([`crate::provider::vast`]). It exists when an API key is
@@ -344,9 +372,20 @@ pub struct Settings {
     pub connections: ferry_serve::Limits,
     /// The Vast provider.
     pub vast: VastSettings,
+    /// Replica settings (`--replicas`); `None`: a single control plane.
+    pub replica: Option<ReplicaSettings>,
 }
 
 impl Settings {
+    /// `REPORT_ADDR` of launched and joined workers: every replica's URL, comma-separated, or
+    /// this control plane's.
+    pub fn report_addr(&self) -> String {
+        match &self.replica {
+            Some(r) => r.urls.join(","),
+            None => self.public_url.clone(),
+        }
+    }
+
     /// Settings for tests and embedding: every declared default (and any `FERRY_*` variable
     /// set, as for `ferry control`), an in-memory database, and a state folder under the
     /// temporary directory.
@@ -364,6 +403,7 @@ impl Settings {
         s.public_url = public_url.into();
         s.db = None;
         s.postgres = None;
+        s.replica = None;
         s
     }
 }
@@ -428,6 +468,7 @@ impl ControlArgs {
                 Ok(Duration::from_millis(v))
             }
         };
+        let replica = self.replica(postgres.is_some(), &public_url)?;
         Ok(Settings {
             public_url,
             state_dir,
@@ -478,7 +519,49 @@ impl ControlArgs {
                 limits
             },
             vast: self.vast.validate()?,
+            replica,
         })
+    }
+
+    /// `--replicas` checked: PostgreSQL required, every URL http(s), this replica among them.
+    fn replica(&self, postgres: bool, me: &str) -> Result<Option<ReplicaSettings>, ConfigError> {
+        let Some(list) = self.replicas.as_deref().filter(|l| !l.trim().is_empty()) else {
+            return Ok(None);
+        };
+        if !postgres {
+            return Err(ConfigError::new(
+                "--replicas",
+                "replicas share a PostgreSQL database: give --store postgres://...",
+            ));
+        }
+        let mut urls = Vec::new();
+        for u in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "--replicas",
+                    format!("{u}: must start with http:// or https://"),
+                ));
+            }
+            urls.push(u.trim_end_matches('/').to_owned());
+        }
+        if !urls.iter().any(|u| u == me) {
+            return Err(ConfigError::new(
+                "--replicas",
+                format!("this replica's --public-url {me} is not in the list"),
+            ));
+        }
+        let secs = |v: u64, name: &'static str| {
+            if v == 0 {
+                Err(ConfigError::new(name, "must be positive"))
+            } else {
+                Ok(Duration::from_secs(v))
+            }
+        };
+        Ok(Some(ReplicaSettings {
+            urls,
+            lease_ttl: secs(self.lease_ttl_s, "--lease-ttl-s")?,
+            handoff_wait: secs(self.handoff_wait_s, "--handoff-wait-s")?,
+        }))
     }
 }
 
@@ -681,6 +764,28 @@ mod tests {
             assert_eq!(e.setting, "--store", "{argv:?}");
             assert!(!e.to_string().contains("pw"), "{e}");
         }
+    }
+
+    #[test]
+    fn replicas_need_postgres_and_list_this_replica() {
+        let pg = "postgres://u@127.0.0.1:5432/db";
+        let list = "http://127.0.0.1:8080/, http://10.0.0.2:8080";
+        let s = validate(&["--store", pg, "--replicas", list, "--lease-ttl-s", "3"]).unwrap();
+        let r = s.replica.clone().unwrap();
+        assert_eq!(r.urls, ["http://127.0.0.1:8080", "http://10.0.0.2:8080"]);
+        assert_eq!(r.lease_ttl, Duration::from_secs(3));
+        assert_eq!(s.report_addr(), "http://127.0.0.1:8080,http://10.0.0.2:8080");
+        assert_eq!(validate(&[]).unwrap().report_addr(), "http://127.0.0.1:8080");
+        for argv in [
+            &["--replicas", list][..],
+            &["--store", pg, "--replicas", "http://10.0.0.2:8080"],
+            &["--store", pg, "--replicas", "10.0.0.2:8080,http://127.0.0.1:8080"],
+        ] {
+            let e = validate(argv).unwrap_err();
+            assert_eq!(e.setting, "--replicas", "{argv:?}");
+        }
+        let e = validate(&["--store", pg, "--replicas", list, "--lease-ttl-s", "0"]).unwrap_err();
+        assert_eq!(e.setting, "--lease-ttl-s");
     }
 
     #[test]

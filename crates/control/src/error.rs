@@ -196,4 +196,8 @@ pub enum RunError {
     /// Socket trouble.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A replica lost its lease to another (docs/ha.md): it exits, to be started again as a
+    /// follower.
+    #[error("deposed: {0}")]
+    Deposed(String),
 }

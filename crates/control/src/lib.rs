@@ -78,6 +78,7 @@ pub mod joins;
 pub mod provider;
 pub mod queue;
 pub mod registry;
+pub mod replica;
 pub mod route;
 pub mod secrets;
 pub mod stats;
@@ -104,7 +105,7 @@ pub use error::{ConfigError, ControlError, RunError};
 pub use provider::{LaunchSpec, Provider, ProviderError, ProviderEvent, Providers};
 
 /// How long in-flight HTTP calls may take to finish after shutdown begins.
-const DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 
 /// The control plane's router.
 pub fn build_app(control: Control) -> Router {
@@ -227,7 +228,7 @@ async fn health(State(c): State<Control>) -> impl IntoResponse {
     }))
 }
 
-async fn metrics() -> impl IntoResponse {
+pub(crate) async fn metrics() -> impl IntoResponse {
     match telemetry::handle() {
         Some(h) => (StatusCode::OK, h.render()),
         None => (
@@ -303,19 +304,30 @@ pub async fn run_cli(
         .map_err(|e| ConfigError::new("--listen", format!("binding {}: {e}", args.listen)))?;
     let bound = listener.local_addr()?;
     let settings = args.validate(bound)?;
+    secrets::private_dir(&settings.state_dir)
+        .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
     let exe = match &settings.provider.ferry_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| {
             ConfigError::new("--ferry-exe", format!("cannot find this executable: {e}"))
         })?,
     };
+    if settings.replica.is_some() {
+        // Providers are built by the replica that takes the lease, when it takes it.
+        return replica::run(listener, settings, |s| providers(s, &exe), shutdown).await;
+    }
+    let control = Control::new(settings.clone(), providers(&settings, &exe)?).await?;
+    announce_key(&control, &settings);
+    run(listener, control, shutdown).await?;
+    Ok(())
+}
+
+/// The providers of `settings`: the local provider always (it needs nothing configured), the
+/// Vast provider when an API key is given; the default `--provider` must be among them.
+fn providers(settings: &Settings, exe: &std::path::Path) -> Result<Providers, RunError> {
     let p = &settings.provider;
-    secrets::private_dir(&settings.state_dir)
-        .map_err(|e| ConfigError::new("--state-dir", e.to_string()))?;
-    // Local instances need nothing configured: the local provider is always there. The Vast
-    // provider is there when an API key is given.
     let local = provider::local::LocalProvider::new(provider::local::LocalConfig {
-        ferry_exe: exe,
+        ferry_exe: exe.to_path_buf(),
         state_dir: settings.state_dir.clone(),
         model_cmd: p.model_cmd.clone(),
         backend: p.backend.clone(),
@@ -329,16 +341,13 @@ pub async fn run_cli(
     });
     let mut list: Vec<Arc<dyn Provider>> = vec![Arc::new(local)];
     if settings.vast.api_key.is_some() {
-        list.push(Arc::new(vast_provider(&settings)?));
+        list.push(Arc::new(vast_provider(settings)?));
     }
     let providers = Providers::new(list);
     if let Err(e) = providers.get(p.kind) {
         return Err(ConfigError::new("--provider", e.to_string()).into());
     }
-    let control = Control::new(settings.clone(), providers).await?;
-    announce_key(&control, &settings);
-    run(listener, control, shutdown).await?;
-    Ok(())
+    Ok(providers)
 }
 
 /// The Vast provider of `settings` (its key required).
@@ -369,7 +378,7 @@ fn vast_provider(settings: &Settings) -> Result<provider::vast::VastProvider, Co
     .map_err(|e| ConfigError::new("--provider", e.to_string()))
 }
 
-fn announce_key(control: &Control, settings: &Settings) {
+pub(crate) fn announce_key(control: &Control, settings: &Settings) {
     let path = settings.state_dir.join("api_key");
     match secrets::write_private(&path, control.account_key()) {
         Ok(()) => eprintln!(

@@ -111,6 +111,18 @@ pub struct Queue {
     ceiling: u64,
 }
 
+/// Makes the queue restored from `loaded` number from at least `floor`: a replica's lease
+/// term `t` numbers from `t << 32` (docs/ha.md), so no two terms share an index even when the
+/// previous owner's last ceiling never reached the database.
+pub fn raise_idx_floor(loaded: &mut Loaded, floor: u64) {
+    let ceiling = loaded.kv_parsed::<u64>(KV_IDX_CEILING).unwrap_or(0);
+    if floor > ceiling {
+        loaded
+            .kv
+            .insert(KV_IDX_CEILING.to_owned(), floor.to_string());
+    }
+}
+
 impl Queue {
     /// A table whose next index is `ceiling` (the persisted ceiling; 0 → start at 1). Nothing
     /// is reserved yet: the first [`Queue::alloc`] persists a block.
@@ -450,6 +462,20 @@ mod tests {
         // A restart resumes at the persisted ceiling, above everything handed out.
         let mut q2 = Queue::restore(&s.loaded(), &s);
         assert!(q2.alloc(&s) >= q.peek_next());
+    }
+
+    /// A replica's term numbers from `term << 32` even when the previous owner's ceilings were
+    /// lost with it (nothing of them reached the database), and a higher ceiling stands.
+    #[test]
+    fn a_lease_term_numbers_above_every_earlier_term() {
+        let s = store();
+        let mut loaded = s.loaded();
+        raise_idx_floor(&mut loaded, 3 << 32);
+        let mut q = Queue::restore(&loaded, &s);
+        assert_eq!(q.alloc(&s), 3 << 32);
+        let mut loaded = s.loaded();
+        raise_idx_floor(&mut loaded, 1 << 32);
+        assert!(Queue::restore(&loaded, &s).alloc(&s) > 3 << 32);
     }
 
     #[test]

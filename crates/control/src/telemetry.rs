@@ -17,6 +17,9 @@
 //! | `ferry_control_store_retries_total` | counter | `reason` = unreachable, failed, timeout, fatal: failed database attempts, each retried |
 //! | `ferry_control_store_flush_behind_total` | counter | `code` = store_behind, store_closed: flushes answered before the database confirmed |
 //! | `ferry_control_store_lost_writes_total` | counter | `reason` = refused (a NUL character), abandoned (database still down at exit) |
+//! | `ferry_control_replica_role` | gauge | `role` = follower, starting, owner, leaving: 1 for this replica's role, 0 for the others |
+//! | `ferry_control_lease_taken_total` | counter | | lease terms this replica started |
+//! | `ferry_control_forwarded_total` | counter | `outcome` = answered, again, failed, not_owner, no_owner: requests a follower handed to the owner |
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -56,6 +59,13 @@ pub const STORE_RETRIES: &str = "ferry_control_store_retries_total";
 pub const STORE_FLUSH_BEHIND: &str = "ferry_control_store_flush_behind_total";
 /// Writes never persisted, by why.
 pub const STORE_LOST: &str = "ferry_control_store_lost_writes_total";
+
+/// A replica's role, one gauge per role.
+pub const REPLICA_ROLE: &str = "ferry_control_replica_role";
+/// Lease terms started.
+pub const LEASE_TAKEN: &str = "ferry_control_lease_taken_total";
+/// Requests handed to the owner, by outcome.
+pub const FORWARDED: &str = "ferry_control_forwarded_total";
 
 /// The process-wide Prometheus recorder (installed on first use; `None` if another recorder
 /// was installed first).
@@ -230,4 +240,21 @@ pub fn store_refused(w: &Write) {
 pub fn store_flush_behind(what: &'static str, e: &StoreError) {
     tracing::warn!(what, code = e.code(), error = %e, "change not yet durable");
     counter!(STORE_FLUSH_BEHIND, "code" => e.code()).increment(1);
+}
+
+/// This replica's role now.
+pub fn replica_role(role: &'static str) {
+    for r in ["follower", "starting", "owner", "leaving"] {
+        gauge!(REPLICA_ROLE, "role" => r).set(if r == role { 1.0 } else { 0.0 });
+    }
+}
+
+/// This replica took the lease.
+pub fn lease_taken() {
+    counter!(LEASE_TAKEN).increment(1);
+}
+
+/// A request handed to the owner (or refused) by a follower.
+pub fn forwarded(outcome: &'static str) {
+    counter!(FORWARDED, "outcome" => outcome).increment(1);
 }

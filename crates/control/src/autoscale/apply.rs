@@ -235,7 +235,7 @@ impl Control {
         Some(LaunchSpec {
             worker_id,
             mtoken: w.mtoken().to_owned(),
-            control_url: self.shared.settings.public_url.clone(),
+            control_url: self.shared.settings.report_addr(),
             endpoint: wg.endpoint_name.clone(),
             workergroup_id: wg.id,
             model_cmd: wg.model_cmd.clone(),

@@ -197,7 +197,7 @@ impl Control {
                     .map(|e| e.endpoint_name.clone())
                     .unwrap_or_default(),
                 workergroup_id: group,
-                report_addr: self.shared.settings.public_url.clone(),
+                report_addr: self.shared.settings.report_addr(),
             }
         };
         self.durable("worker joined").await;

@@ -206,7 +206,7 @@ impl Control {
             }
         };
         let _ = telemetry::handle();
-        let mut state = restore(&loaded, store.as_ref());
+        let mut state = restore(&loaded, store.as_ref(), settings.replica.is_some());
         let pubkey_pem = key.public_key().to_pem();
         let providers = providers.into();
         let (tx, rx) = mpsc::channel(1024);
@@ -360,6 +360,22 @@ impl Control {
         self.durable("shutdown").await;
     }
 
+    /// A replica's hand-over ([`crate::replica`]): cancels the autoscaler and the background
+    /// loops, waits for them (bounded), makes every change durable and closes the store. The
+    /// instances keep running: the next owner takes them back from the records.
+    pub async fn hand_over(&self) {
+        self.shared.cancel.cancel();
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.shared.tasks.wait())
+            .await;
+        for p in self.shared.providers.iter() {
+            p.hand_over().await;
+        }
+        self.durable("hand-over").await;
+        let store = self.shared.store.clone();
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+
     /// Awaits the store's flush before answering `what` as done. When the database cannot
     /// confirm in time the answer goes out anyway: the in-memory state already holds the change
     /// (a retry would conflict with it) and its write stays queued, in order, until the
@@ -395,10 +411,10 @@ async fn adopt_instances(registry: &mut Registry, providers: &Providers, store: 
     }
 }
 
-fn restore(loaded: &Loaded, store: &dyn Store) -> State {
+fn restore(loaded: &Loaded, store: &dyn Store, keep_idle: bool) -> State {
     let state = State {
         catalog: Catalog::restore(loaded),
-        registry: Registry::restore(loaded),
+        registry: Registry::restore(loaded, keep_idle),
         joins: JoinTokens::restore(loaded),
         queue: Queue::restore(loaded, store),
         stats: Stats::default(),

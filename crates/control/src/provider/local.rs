@@ -44,6 +44,7 @@ use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{EventSink, LaunchSpec, Provider, ProviderError, ProviderEvent, SIM_MODEL_CMD};
@@ -86,6 +87,8 @@ pub struct LocalProvider {
     events: Mutex<Option<EventSink>>,
     running: Mutex<HashMap<i64, oneshot::Sender<StopAck>>>,
     tasks: TaskTracker,
+    /// Cancelled by [`Provider::hand_over`]: every supervisor lets its instance go.
+    released: CancellationToken,
 }
 
 impl LocalProvider {
@@ -96,6 +99,7 @@ impl LocalProvider {
             events: Mutex::new(None),
             running: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            released: CancellationToken::new(),
         }
     }
 
@@ -272,6 +276,7 @@ impl LocalProvider {
             stop_rx,
             self.cfg.stop_grace,
             sink,
+            self.released.clone(),
         ));
         Ok(())
     }
@@ -318,6 +323,7 @@ impl LocalProvider {
                         stop_rx,
                         self.cfg.stop_grace,
                         self.sink(),
+                        self.released.clone(),
                     ));
                     adopted.push(id);
                 }
@@ -355,6 +361,10 @@ impl LocalProvider {
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one supervisor's whole context, passed once at spawn"
+)]
 async fn supervise(
     dir: PathBuf,
     id: i64,
@@ -363,8 +373,18 @@ async fn supervise(
     stop: oneshot::Receiver<StopAck>,
     grace: Duration,
     sink: Option<EventSink>,
+    released: CancellationToken,
 ) {
     let reason = tokio::select! {
+        biased;
+        _ = released.cancelled() => {
+            // A replica handing over: the instance keeps running for the next owner, which
+            // takes it back from `pids.json`.
+            worker.let_go();
+            model.let_go();
+            tracing::info!(worker = id, "local instance left running for the next owner");
+            return;
+        }
         ack = stop => {
             // Worker first, so its last report says it is shutting down.
             worker.terminate(grace).await;
@@ -419,6 +439,15 @@ enum Proc {
 }
 
 impl Proc {
+    /// Stops watching the process without stopping it: a child's kill-on-drop is disarmed.
+    fn let_go(self) {
+        if let Proc::Child(c) = self {
+            // Forgetting the handle is the only way to disarm `kill_on_drop`; the process is
+            // reaped by whoever adopts it (or by init once this process exits).
+            std::mem::forget(c);
+        }
+    }
+
     /// Waits for the process to exit; says how.
     async fn wait(&mut self) -> String {
         match self {
@@ -609,6 +638,16 @@ impl Provider for LocalProvider {
     /// A stopped local instance is a directory, never a process: `cold` needs nothing.
     fn adopt(&self, up: Vec<i64>, _cold: Vec<i64>) -> BoxFuture<'_, Option<Vec<i64>>> {
         async move { Some(self.adopt_instances(up).await) }.boxed()
+    }
+
+    fn hand_over(&self) -> BoxFuture<'_, ()> {
+        async move {
+            self.released.cancel();
+            self.tasks.close();
+            self.tasks.wait().await;
+            self.running().clear();
+        }
+        .boxed()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, Vec<i64>> {

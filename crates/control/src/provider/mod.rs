@@ -115,6 +115,13 @@ pub trait Provider: Send + Sync + 'static {
     /// Control-plane shutdown: stop everything this provider runs on this host. Returns the
     /// ids it stopped (they are recorded as `stopped`, resumable after a restart).
     fn shutdown(&self) -> BoxFuture<'_, Vec<i64>>;
+    /// A replica hands over (docs/ha.md): stop watching the instances without stopping them,
+    /// so they outlive this process for the next owner, which takes them back with
+    /// [`Provider::adopt`]. Providers whose instances never depend on this process need
+    /// nothing.
+    fn hand_over(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// At start, after a restart (clean or a crash): takes back control of the instances among
     /// `up` (the workers the store says were up) that are still running, keeps the stopped
     /// instances of `cold` (the workers recorded as stopped: resumable) as they are, and stops

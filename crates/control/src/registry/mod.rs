@@ -67,8 +67,11 @@ pub struct Registry {
 
 impl Registry {
     /// The registry as the store left it. Until it reports again, a worker that was running is
-    /// `loading`; stopped and errored ones keep their state.
-    pub fn restore(loaded: &Loaded) -> Registry {
+    /// `loading`; stopped and errored ones keep their state. With `keep_idle` (a replica taking
+    /// over from another, whose records are at most moments old) an `idle` worker stays
+    /// routable as if it had just reported: its silence counts from now, so one that is gone
+    /// turns stale after `--stale-after-s` like any other.
+    pub fn restore(loaded: &Loaded, keep_idle: bool) -> Registry {
         let mut workers = BTreeMap::new();
         for (id, body) in loaded.of(Kind::Worker) {
             match serde_json::from_str::<WorkerRec>(body) {
@@ -76,6 +79,10 @@ impl Registry {
                     w.state = match w.state {
                         WorkerState::Stopped | WorkerState::Stopping => WorkerState::Stopped,
                         WorkerState::Error | WorkerState::Destroying => WorkerState::Error,
+                        WorkerState::Idle if keep_idle => {
+                            w.last_report = Some(0.0);
+                            WorkerState::Idle
+                        }
                         _ => WorkerState::Loading,
                     };
                     workers.insert(id, w);
@@ -419,10 +426,13 @@ impl Registry {
         }
     }
 
-    /// Workers of a provider the store counts as up (to adopt after a restart).
+    /// Workers of a provider the store counts as up (to adopt after a restart): coming up, or
+    /// idle (kept routable by a replica taking over; see [`Registry::restore`]).
     pub fn coming(&self, provider: ProviderKind) -> Vec<i64> {
         self.iter()
-            .filter(|w| w.state.is_coming() && w.provider == provider)
+            .filter(|w| {
+                (w.state.is_coming() || w.state == WorkerState::Idle) && w.provider == provider
+            })
             .map(|w| w.id)
             .collect()
     }

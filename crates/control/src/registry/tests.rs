@@ -44,7 +44,7 @@ fn report_drives_states_and_pending() {
 #[test]
 fn a_provider_reason_heads_a_dead_workers_own_message() {
     let s = crate::store::memory::MemoryStore::default();
-    let mut r = Registry::restore(&s.loaded());
+    let mut r = Registry::restore(&s.loaded(), false);
     let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
     let mut st = status(2.0, 50.0, "Worker shutting down");
     st.id = id;
@@ -64,7 +64,7 @@ fn a_provider_reason_heads_a_dead_workers_own_message() {
 #[test]
 fn reports_need_the_workers_own_token() {
     let s = crate::store::memory::MemoryStore::default();
-    let mut r = Registry::restore(&s.loaded());
+    let mut r = Registry::restore(&s.loaded(), false);
     let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
     let mut st = status(2.0, 50.0, "");
     st.id = id;
@@ -79,17 +79,26 @@ fn reports_need_the_workers_own_token() {
     r.report(&st, 1.0, 1.0, &s).unwrap();
     assert_eq!(r.get(id).unwrap().state(), WorkerState::Idle);
     // Persisted, and a restart maps a ready worker to loading until it reports again.
-    let back = Registry::restore(&s.loaded());
+    let back = Registry::restore(&s.loaded(), false);
     assert_eq!(back.get(id).unwrap().state(), WorkerState::Loading);
     // Ids are never reused across a restart.
     let mut back = back;
     assert!(back.create(ORIGIN, "t2".into(), 0.0, 0.0, &s) > id);
+    // A replica taking over keeps it routable, its silence counted from the take-over.
+    let taken = Registry::restore(&s.loaded(), true);
+    let w = taken.get(id).unwrap();
+    assert_eq!(w.state(), WorkerState::Idle);
+    assert!(w.routable(1.0, 30.0));
+    assert!(
+        !w.routable(31.0, 30.0),
+        "one that never reports again turns stale"
+    );
 }
 
 #[test]
 fn pending_load_lives_from_assignment_to_acknowledgement() {
     let s = crate::store::memory::MemoryStore::default();
-    let mut r = Registry::restore(&s.loaded());
+    let mut r = Registry::restore(&s.loaded(), false);
     let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
     assert_eq!(r.assign(id, 5, 10.0, 1.0), Some(1));
     assert_eq!(r.assign(id, 6, 20.0, 1.0), Some(2));
@@ -115,7 +124,7 @@ fn pending_load_lives_from_assignment_to_acknowledgement() {
 #[test]
 fn silent_ready_workers_fail_and_signatures_follow_the_url() {
     let s = crate::store::memory::MemoryStore::default();
-    let mut r = Registry::restore(&s.loaded());
+    let mut r = Registry::restore(&s.loaded(), false);
     let id = r.create(ORIGIN, "tok".into(), 0.0, 0.0, &s);
     r.report(&status_for(id, &[]), 0.0, 0.0, &s).unwrap();
     r.cache_signature(id, "http://127.0.0.1:1", "sig".into());
@@ -137,7 +146,10 @@ fn silent_ready_workers_fail_and_signatures_follow_the_url() {
     r.housekeep(61.5, 30.0, 60.0, &s);
     assert_eq!(r.get(id).unwrap().state(), WorkerState::Error);
     assert_eq!(
-        Registry::restore(&s.loaded()).get(id).unwrap().state(),
+        Registry::restore(&s.loaded(), false)
+            .get(id)
+            .unwrap()
+            .state(),
         WorkerState::Error
     );
 }

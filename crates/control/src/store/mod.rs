@@ -15,9 +15,9 @@
 //! postgres://...`), with the same documents and the same contract; nothing above this module
 //! knows which one runs.
 //!
-//! Operations that need an answer from the database itself (leases, shared counters) are not
-//! write-behind: they would be added as trait methods returning a future, served by the same
-//! writer in order with the writes.
+//! Operations that need an answer from the database itself are not write-behind: the
+//! replicas' lease has its own connection ([`LeaseConn`]), and its term fences the writer
+//! ([`Fence`]; docs/ha.md).
 //!
 //! `request_idx` is never reused across restarts: the counter is persisted as a *ceiling*
 //! reserved in blocks (see `queue.rs`), so even a crash that loses the last writes restarts
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-pub use postgres::{PgOptions, PgTarget, PostgresStore};
+pub use postgres::{Fence, LeaseConn, LeaseRow, PgOptions, PgTarget, PostgresStore};
 pub use sqlite::SqliteStore;
 
 /// Why a [`Store::flush`] could not confirm durability.

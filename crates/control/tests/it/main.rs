@@ -11,6 +11,7 @@ mod inproc;
 mod inputs;
 mod local;
 mod pg;
+mod replica;
 mod rollout;
 mod store_pg;
 mod vast;

@@ -27,6 +27,7 @@ fn quick() -> PgOptions {
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
         warn_every: Duration::from_secs(5),
+        fence: None,
     }
 }
 
@@ -106,7 +107,7 @@ async fn postgres_round_trips_every_kind_and_kv_through_a_restart() {
     let target = pg.target();
     let (s, loaded) = open(&target, quick()).await;
     assert!(loaded.records.is_empty() && loaded.kv.is_empty());
-    assert_eq!(s.applied_migrations(), &[1]);
+    assert_eq!(s.applied_migrations(), &[1, 2]);
     for w in sample_writes() {
         s.write(w);
     }
@@ -123,7 +124,7 @@ async fn postgres_round_trips_every_kind_and_kv_through_a_restart() {
 
     let (s, back) = open(&target, quick()).await;
     assert!(s.applied_migrations().is_empty(), "migrations ran once");
-    assert_eq!(s.schema_version(), 1);
+    assert_eq!(s.schema_version(), 2);
 
     let db = temp_db();
     let (lite, _) = SqliteStore::open(Some(&db)).unwrap();

@@ -27,6 +27,7 @@
 //!   commit already under way, itself bounded), then logs how many writes were not persisted
 //!   and gives up.
 
+mod lease;
 mod schema;
 mod target;
 mod writer;
@@ -42,6 +43,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use lease::{LeaseConn, LeaseRow};
 pub use target::PgTarget;
 
 use super::{Loaded, Store, StoreError, Write};
@@ -65,6 +67,18 @@ pub struct PgOptions {
     pub backoff_max: Duration,
     /// How often an outage under way is logged again as a warning.
     pub warn_every: Duration,
+    /// A replica's lease term: every commit checks it still holds (docs/ha.md).
+    pub fence: Option<Fence>,
+}
+
+/// The fencing token of a replica's writes: the lease term it took, and the token cancelled
+/// when a commit finds another term (the writer then stops writing).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    /// The term (`ferry_lease.epoch`) this replica owns.
+    pub epoch: i64,
+    /// Cancelled when the database holds another term.
+    pub deposed: CancellationToken,
 }
 
 impl Default for PgOptions {
@@ -77,6 +91,7 @@ impl Default for PgOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             warn_every: Duration::from_secs(30),
+            fence: None,
         }
     }
 }

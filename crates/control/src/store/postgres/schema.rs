@@ -19,14 +19,28 @@ use crate::store::Loaded;
 const MIGRATION_LOCK: i64 = 0x66_65_72_72_79;
 
 /// `(version, name, SQL)`, in order. Append only: a released migration never changes.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "kv and records",
-    "CREATE TABLE ferry_kv (key text PRIMARY KEY, value text NOT NULL);
-     CREATE TABLE ferry_records (
-         kind text NOT NULL, id bigint NOT NULL, body text NOT NULL,
-         PRIMARY KEY (kind, id));",
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "kv and records",
+        "CREATE TABLE ferry_kv (key text PRIMARY KEY, value text NOT NULL);
+         CREATE TABLE ferry_records (
+             kind text NOT NULL, id bigint NOT NULL, body text NOT NULL,
+             PRIMARY KEY (kind, id));",
+    ),
+    (
+        2,
+        "replica lease",
+        // One row: who owns the endpoints (`holder`, `url`), the term (`epoch`, raised by
+        // every take-over and release: the fencing token of the owner's writes) and a counter
+        // the owner raises at every renewal, which the others watch (see `lease.rs`).
+        "CREATE TABLE ferry_lease (
+             name text PRIMARY KEY, holder text, url text,
+             epoch bigint NOT NULL, renewals bigint NOT NULL,
+             renewed_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO ferry_lease (name, epoch, renewals) VALUES ('control', 0, 0);",
+    ),
+];
 
 /// What [`migrate`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,6 +106,13 @@ pub(crate) enum Failure {
     Timeout,
     /// Retrying cannot help: the schema is newer than this build, the credentials are wrong...
     Fatal(String),
+    /// Another replica holds the lease now: this one's writes must never land again.
+    Fenced {
+        /// The term this store writes for.
+        mine: i64,
+        /// The term the database holds.
+        now: i64,
+    },
 }
 
 impl Failure {
@@ -115,6 +122,7 @@ impl Failure {
             Failure::Failed(_) => "failed",
             Failure::Timeout => "timeout",
             Failure::Fatal(_) => "fatal",
+            Failure::Fenced { .. } => "fenced",
         }
     }
 
@@ -122,6 +130,9 @@ impl Failure {
         match self {
             Failure::Unreachable(d) | Failure::Failed(d) | Failure::Fatal(d) => d.clone(),
             Failure::Timeout => format!("no answer within {op_timeout:?}"),
+            Failure::Fenced { mine, now } => {
+                format!("the lease is in term {now}, this replica wrote for term {mine}")
+            }
         }
     }
 }
@@ -203,36 +214,69 @@ impl Conn {
             .map_err(|e| classify(&e, false))
     }
 
-    /// Commits one batch in one transaction.
-    async fn commit(&mut self, b: &Batch) -> Result<(), tokio_postgres::Error> {
-        let (mut pk, mut pi, mut pb) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut dk, mut di) = (Vec::new(), Vec::new());
-        for ((kind, id), body) in &b.records {
-            match body {
-                Some(body) => {
-                    pk.push(kind.as_str());
-                    pi.push(*id);
-                    pb.push(body.as_str());
-                }
-                None => {
-                    dk.push(kind.as_str());
-                    di.push(*id);
-                }
+    /// Commits one batch in one transaction. With a `fence` (a replica's lease term) the
+    /// transaction first takes a share lock on the lease row and checks the term: a take-over
+    /// (which updates the row) waits for a commit under way, and no commit starts after it.
+    async fn commit(&mut self, b: &Batch, fence: Option<i64>) -> Result<(), Failure> {
+        let tx = self
+            .client
+            .transaction()
+            .await
+            .map_err(|e| classify(&e, false))?;
+        if let Some(mine) = fence {
+            let now: Option<i64> = tx
+                .query_opt(
+                    "SELECT epoch FROM ferry_lease WHERE name = 'control' FOR SHARE",
+                    &[],
+                )
+                .await
+                .map_err(|e| classify(&e, false))?
+                .map(|r| r.get(0));
+            if now != Some(mine) {
+                return Err(Failure::Fenced {
+                    mine,
+                    now: now.unwrap_or(-1),
+                });
             }
         }
-        let (kk, kvv): (Vec<&str>, Vec<&str>) = b.kv.iter().map(|(k, v)| (*k, v.as_str())).unzip();
-        let tx = self.client.transaction().await?;
-        if !pk.is_empty() {
-            tx.execute(&self.st.put, &[&pk, &pi, &pb]).await?;
-        }
-        if !dk.is_empty() {
-            tx.execute(&self.st.delete, &[&dk, &di]).await?;
-        }
-        if !kk.is_empty() {
-            tx.execute(&self.st.kv, &[&kk, &kvv]).await?;
-        }
-        tx.commit().await
+        apply(&self.st, tx, b)
+            .await
+            .map_err(|e| classify(&e, false))
     }
+}
+
+/// The batch's statements, then the commit.
+async fn apply(
+    st: &Statements,
+    tx: tokio_postgres::Transaction<'_>,
+    b: &Batch,
+) -> Result<(), tokio_postgres::Error> {
+    let (mut pk, mut pi, mut pb) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut dk, mut di) = (Vec::new(), Vec::new());
+    for ((kind, id), body) in &b.records {
+        match body {
+            Some(body) => {
+                pk.push(kind.as_str());
+                pi.push(*id);
+                pb.push(body.as_str());
+            }
+            None => {
+                dk.push(kind.as_str());
+                di.push(*id);
+            }
+        }
+    }
+    let (kk, kvv): (Vec<&str>, Vec<&str>) = b.kv.iter().map(|(k, v)| (*k, v.as_str())).unzip();
+    if !pk.is_empty() {
+        tx.execute(&st.put, &[&pk, &pi, &pb]).await?;
+    }
+    if !dk.is_empty() {
+        tx.execute(&st.delete, &[&dk, &di]).await?;
+    }
+    if !kk.is_empty() {
+        tx.execute(&st.kv, &[&kk, &kvv]).await?;
+    }
+    tx.commit().await
 }
 
 /// Doubling, jittered back-off between attempts.
@@ -331,6 +375,16 @@ impl Writer {
                     batch = Batch::default();
                     backoff.reset();
                 }
+                Err(Failure::Fenced { mine, now }) => {
+                    self.fenced(&batch, mine, now);
+                    // Later writes are taken and dropped (flushes answer "closed").
+                    while let Some(op) = self.rx.recv().await {
+                        if let Op::Write(_) = op {
+                            self.pending.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                    break;
+                }
                 Err(f) => {
                     self.conn = None;
                     let pending = self.pending.load(Ordering::SeqCst);
@@ -372,6 +426,26 @@ impl Writer {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.conns.wait()).await;
     }
 
+    /// Another replica took the lease: nothing more is written (a newer owner's state must
+    /// not be overwritten with this one's). Logged loudly with what is given up, and the
+    /// replica is told through the fence's token.
+    fn fenced(&mut self, batch: &Batch, mine: i64, now: i64) {
+        let pending = self.pending.load(Ordering::SeqCst);
+        tracing::error!(
+            database = self.target.shown(),
+            term = mine,
+            lease_term = now,
+            dropped_writes = pending,
+            batch_records = batch.records.len() + batch.kv.len(),
+            "another replica owns the endpoints now; this replica's pending writes are dropped"
+        );
+        telemetry::store_abandoned(self.target.shown(), pending);
+        if let Some(f) = &self.opts.fence {
+            f.deposed.cancel();
+        }
+        self.pending.fetch_sub(batch.writes, Ordering::SeqCst);
+    }
+
     /// Connects if needed and commits, within the operation bound (and the close deadline).
     async fn attempt(&mut self, batch: &Batch, give_up: Option<Instant>) -> Result<(), Failure> {
         let mut bound = self.opts.op_timeout;
@@ -391,7 +465,10 @@ impl Writer {
                 self.conn = Some(conn);
             }
             match self.conn.as_mut() {
-                Some(c) => c.commit(batch).await.map_err(|e| classify(&e, false)),
+                Some(c) => {
+                    c.commit(batch, self.opts.fence.as_ref().map(|f| f.epoch))
+                        .await
+                }
                 None => Err(Failure::Unreachable("no connection".into())),
             }
         };
