@@ -157,8 +157,10 @@ pub struct ControlArgs {
     pub lease_ttl_s: u64,
 
     /// With `--replicas`: how long a replica holds a request while no owner is known (a
-    /// failover under way) before answering 503, seconds.
-    #[arg(long, env = "FERRY_HANDOFF_WAIT_S", default_value = "15")]
+    /// failover under way) before answering 503, seconds. Keep it under the clients' own
+    /// timeout (Vast's client gives `/route/` 10 s and does not retry it) and above the lease
+    /// time.
+    #[arg(long, env = "FERRY_HANDOFF_WAIT_S", default_value = "8")]
     pub handoff_wait_s: u64,
 
     /// The Vast provider's settings.
@@ -469,6 +471,15 @@ impl ControlArgs {
             }
         };
         let replica = self.replica(postgres.is_some(), &public_url)?;
+        let vast = self.vast.validate()?;
+        if replica.is_some() && vast.api_key.is_some() && vast.plane.is_none() {
+            // The plane names the instances' labels; a successor must recognize its
+            // predecessor's instances, and a name generated per state folder would differ.
+            return Err(ConfigError::new(
+                "--vast-plane",
+                "replicas share their Vast instances: give every replica the same --vast-plane",
+            ));
+        }
         Ok(Settings {
             public_url,
             state_dir,
@@ -518,7 +529,7 @@ impl ControlArgs {
                 }
                 limits
             },
-            vast: self.vast.validate()?,
+            vast,
             replica,
         })
     }
@@ -774,18 +785,37 @@ mod tests {
         let r = s.replica.clone().unwrap();
         assert_eq!(r.urls, ["http://127.0.0.1:8080", "http://10.0.0.2:8080"]);
         assert_eq!(r.lease_ttl, Duration::from_secs(3));
-        assert_eq!(s.report_addr(), "http://127.0.0.1:8080,http://10.0.0.2:8080");
-        assert_eq!(validate(&[]).unwrap().report_addr(), "http://127.0.0.1:8080");
+        assert_eq!(
+            s.report_addr(),
+            "http://127.0.0.1:8080,http://10.0.0.2:8080"
+        );
+        assert_eq!(
+            validate(&[]).unwrap().report_addr(),
+            "http://127.0.0.1:8080"
+        );
         for argv in [
             &["--replicas", list][..],
             &["--store", pg, "--replicas", "http://10.0.0.2:8080"],
-            &["--store", pg, "--replicas", "10.0.0.2:8080,http://127.0.0.1:8080"],
+            &[
+                "--store",
+                pg,
+                "--replicas",
+                "10.0.0.2:8080,http://127.0.0.1:8080",
+            ],
         ] {
             let e = validate(argv).unwrap_err();
             assert_eq!(e.setting, "--replicas", "{argv:?}");
         }
         let e = validate(&["--store", pg, "--replicas", list, "--lease-ttl-s", "0"]).unwrap_err();
         assert_eq!(e.setting, "--lease-ttl-s");
+        let vast = ["--store", pg, "--replicas", list, "--vast-api-key", "k"];
+        assert_eq!(validate(&vast).unwrap_err().setting, "--vast-plane");
+        let named: Vec<&str> = vast
+            .iter()
+            .copied()
+            .chain(["--vast-plane", "prod"])
+            .collect();
+        assert!(validate(&named).is_ok());
     }
 
     #[test]
