@@ -205,7 +205,7 @@ class Cluster:
             raise AssertionError(f"psql failed: {p.stderr.strip()}")
         return p.stdout
 
-    async def close(self, fig: Figures, keep: bool) -> None:
+    async def close(self, fig: Figures) -> None:
         """SIGTERM the followers, then the owner; kill what is left of the state dir (the
         instances, which a leaving replica hands over rather than stops); nginx; PostgreSQL."""
         order = sorted(self.replicas, key=lambda r: 0 if r.alive() else 1)
@@ -504,6 +504,18 @@ async def use_grant(grant: dict) -> tuple[bool, str]:
     return ok, f"HTTP {status}: {str(body)[:200]}"
 
 
+def report_addrs(watch: LaunchWatch) -> dict[int, str]:
+    """worker pid -> REPORT_ADDR in its environment, for the live `ferry worker` processes."""
+    out = {}
+    for ps in watch.pids.values():
+        for pid in ps:
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+                out[pid] = env.get(b"REPORT_ADDR", b"").decode(errors="replace")
+    return out
+
+
 async def ha_setup(cl: Cluster, tag: str):
     """The loaded endpoint (3 local sim workers, tests/fault's `setup`), and an endpoint with
     an external workergroup and a join token (records that must survive too)."""
@@ -537,6 +549,11 @@ async def finish(cl: Cluster, fig: HaFigures, c, load: Load, watch: LaunchWatch,
     fig.twice, fig.twice_unexplained, ex = count_twice(cl.front, load, set())
     fig.notes += ex
     chk = Check(fig)
+    want = ",".join(r.url for r in cl.replicas)
+    addrs = report_addrs(watch)
+    fig.notes.append(f"REPORT_ADDR of the live workers: {sorted(set(addrs.values()))}")
+    chk.that(bool(addrs) and all(a == want for a in addrs.values()),
+             f"every worker reports to every replica (REPORT_ADDR {want}; got {addrs})")
     chk.that(fig.double == 0, f"no instance launched twice (got {fig.double})")
     chk.that(fig.relaunched == 0, f"no instance started again (got {fig.relaunched})")
     chk.that(fig.lost == 0, f"no record lost (got {fig.lost})")
@@ -708,7 +725,7 @@ async def run_one(name, fn, opts, keep: bool) -> HaFigures:
             err = f"scenario timed out after {SCENARIO_TIMEOUT:.0f} s\n"
         err += traceback.format_exc()
     finally:
-        await cl.close(fig, keep)
+        await cl.close(fig)
     fig.seconds = time.monotonic() - t0
     if err:
         fig.failures.append("error: " + err)
