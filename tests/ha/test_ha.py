@@ -414,7 +414,8 @@ def upstream_tally(cl: Cluster) -> str:
 def same(a, b) -> bool:
     """Equal, floats within a relative 1e-12 (a time stamp read back from the database may
     differ from the one the creating replica held in its last bit)."""
-    if isinstance(a, float) and isinstance(b, (int, float)) or isinstance(b, float) and isinstance(a, int):
+    nums = (int, float)
+    if isinstance(a, nums) and isinstance(b, nums) and float in (type(a), type(b)):
         return math.isclose(a, b, rel_tol=1e-12)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
@@ -469,7 +470,8 @@ def compare(before: dict, after: dict, acked: list[int], fig: HaFigures) -> None
     fig.notes += [f"LOST: {x}" for x in lost[:10]]
 
 
-async def route_probe(cl: Cluster, ep, since: float, timeout: float = 60) -> tuple[float, dict, int]:
+async def route_probe(cl: Cluster, ep, since: float,
+                      timeout: float = 60) -> tuple[float, dict, int]:
     """Polls /route/ through nginx until a ready grant (a body with `url`) comes back for a
     call started after `since`; (seconds from `since` to that answer, the grant, calls)."""
     body = {"endpoint": ep.name, "api_key": ep.api_key, "cost": 1, "request_idx": 0,
