@@ -4,7 +4,9 @@
 # Rust test, a short run of every fuzz target (scripts/fuzz.sh), the tests against real peers
 # (llama.cpp's llama-server with real models, Vast's official Python client, CLI and PyWorker, the
 # openai package), the Vast REST API emulator against the official `vastai` functions, fault
-# injection under load through the official client, the fleet suite (control plane and workers
+# injection under load through the official client, control-plane replicas on PostgreSQL behind
+# nginx under faults (nginx is installed first when missing, as root; without nginx or
+# PostgreSQL skipped with a message, except on CI), the fleet suite (control plane and workers
 # on separate network namespaces, one of them partitioned; needs root, skipped with a message
 # otherwise except on CI), and the side-by-side benchmark's smoke mode.
 #
@@ -79,6 +81,19 @@ bash scripts/vast-emu-tests.sh --build
 
 step "fault injection under load through the official client (scripts/fault-tests.sh)"
 bash scripts/fault-tests.sh
+
+step "control-plane replicas on PostgreSQL behind nginx, under faults (scripts/ha-tests.sh)"
+if [ "$(id -u)" = 0 ] || bash scripts/nginx.sh find >/dev/null 2>&1; then
+    bash scripts/nginx.sh install
+fi
+if bash scripts/nginx.sh find >/dev/null 2>&1 && bash scripts/pg-cluster.sh find >/dev/null 2>&1; then
+    bash scripts/ha-tests.sh
+elif [ -n "${CI:-}" ]; then
+    echo "HA tests: CI must run them: nginx or PostgreSQL not found, and installing needs root (uid $(id -u))"
+    exit 1
+else
+    echo "SKIPPED: the HA tests need nginx and PostgreSQL (as root scripts/nginx.sh install and scripts/pg-cluster.sh install add them); uid $(id -u)"
+fi
 
 step "hosts in network namespaces: a partitioned worker, joined workers (scripts/fleet-tests.sh)"
 if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then

@@ -809,6 +809,20 @@ SCENARIOS = [
 # Runner
 
 
+def print_figures(fig: Figures, extra: str = "") -> None:
+    """A scenario's verdict line with its figures, then its notes, errors and failed checks."""
+    status = "PASS" if fig.ok else "FAIL"
+    print(f"{status} {fig.name} ({fig.seconds:.1f} s): sent {fig.sent}, completed {fig.completed}, "
+          f"failed {fig.failed}, bad {fig.bad}, hung {fig.hung}, twice {fig.twice} "
+          f"({fig.twice_unexplained} unexplained){', ' + extra if extra else ''}", flush=True)
+    for n in fig.notes:
+        print(f"    {n}")
+    for m, k in sorted(fig.errors.items(), key=lambda kv: -kv[1]):
+        print(f"    error x{k}: {m}")
+    for f in fig.failures:
+        print(f"    ASSERTION FAILED: {f}")
+
+
 async def run_one(name, fn, opts, keep: bool) -> Figures:
     fig = Figures(name)
     t0 = time.monotonic()
@@ -843,16 +857,7 @@ async def run_one(name, fn, opts, keep: bool) -> Figures:
     if err:
         fig.failures.append("error: " + err)
     fig.ok = not fig.failures
-    status = "PASS" if fig.ok else "FAIL"
-    print(f"{status} {name} ({fig.seconds:.1f} s): sent {fig.sent}, completed {fig.completed}, "
-          f"failed {fig.failed}, bad {fig.bad}, hung {fig.hung}, twice {fig.twice} "
-          f"({fig.twice_unexplained} unexplained), left {fig.left}", flush=True)
-    for n in fig.notes:
-        print(f"    {n}")
-    for m, k in sorted(fig.errors.items(), key=lambda kv: -kv[1]):
-        print(f"    error x{k}: {m}")
-    for f in fig.failures:
-        print(f"    ASSERTION FAILED: {f}")
+    print_figures(fig, f"left {fig.left}")
     if fig.ok and not keep:
         shutil.rmtree(cp.dir, ignore_errors=True)
     else:
@@ -862,16 +867,22 @@ async def run_one(name, fn, opts, keep: bool) -> Figures:
     return fig
 
 
-async def main(argv: list[str]) -> int:
+async def run_suite(argv: list[str], *, title: str, scenarios: list, run, header: str,
+                    json_env: str, json_name: str, extra_lines: tuple = ()) -> int:
+    """The suite's front: `-k`/`--keep` from argv, the peers' versions, each chosen scenario
+    through `run(name, fn, opts, keep) -> Figures`, the table, the JSON figures
+    ($`json_env`, default $TMPDIR/`json_name`) and the last line `N passed, M failed`."""
     keep = "--keep" in argv
     pats = [argv[i + 1] for i, a in enumerate(argv) if a == "-k" and i + 1 < len(argv)]
-    chosen = [s for s in SCENARIOS if not pats or any(p in s[0] for p in pats)]
+    chosen = [s for s in scenarios if not pats or any(p in s[0] for p in pats)]
     lines, problems = peers.peer_versions()
-    print("Fault injection through the official client:")
+    print(title)
     for line in lines:
         print(f"  {line}")
     print(f"  ferry: {FERRY}")
     print(f"  per-request deadline {REQ_TIMEOUT:.0f} s, load scale {SCALE}")
+    for line in extra_lines:
+        print(f"  {line}")
     if problems:
         for p in problems:
             print(f"ERROR: {p}")
@@ -886,14 +897,12 @@ async def main(argv: list[str]) -> int:
     t0 = time.monotonic()
     figs = []
     for name, fn, opts in chosen:
-        figs.append(await run_one(name, fn, opts, keep))
+        figs.append(await run(name, fn, opts, keep))
     total = time.monotonic() - t0
-    print(f"\n{HEADER}")
+    print(f"\n{header}")
     for f in figs:
         print(f.row())
-    out = os.environ.get("FERRY_FAULT_JSON") or os.path.join(
-        tempfile.gettempdir(), "ferry-fault-results.json"
-    )
+    out = os.environ.get(json_env) or os.path.join(tempfile.gettempdir(), json_name)
     with contextlib.suppress(OSError), open(out, "w") as fh:
         json.dump({"total_seconds": round(total, 1), "request_timeout_s": REQ_TIMEOUT,
                    "scenarios": [{k: v for k, v in vars(f).items()} for f in figs]},
@@ -902,6 +911,14 @@ async def main(argv: list[str]) -> int:
     passed = sum(f.ok for f in figs)
     print(f"{passed} passed, {len(figs) - passed} failed")
     return 0 if passed == len(figs) else 1
+
+
+async def main(argv: list[str]) -> int:
+    return await run_suite(
+        argv, title="Fault injection through the official client:", scenarios=SCENARIOS,
+        run=run_one, header=HEADER, json_env="FERRY_FAULT_JSON",
+        json_name="ferry-fault-results.json",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -201,6 +201,8 @@ class Control:
         self.port = 0
         self.starts = 0
         self.leftovers: dict[int, str] = {}
+        # The log's name in the state dir; replicas sharing one state dir each name their own.
+        self.log_name = "control.log"
 
     def _preexec(self) -> None:
         _die_with_parent()
@@ -222,7 +224,7 @@ class Control:
                 "--idle-stop-after-s", "600",
                 *self.extra,
             ]  # fmt: skip
-            with open(self.dir / "control.log", "ab") as log:
+            with open(self.dir / self.log_name, "ab") as log:
                 log.write(f"\n===== start #{self.starts + 1} =====\n".encode())
                 log.flush()
                 env = {**os.environ, "FERRY_LOG": os.environ.get("FERRY_LOG", "info")}
@@ -247,7 +249,7 @@ class Control:
                 raise AssertionError(f"ferry control not healthy after 30 s ({last})")
         raise AssertionError(
             f"ferry control exited ({self.proc.returncode if self.proc else '?'}):\n"
-            + tail(self.dir / "control.log")
+            + tail(self.dir / self.log_name)
         )
 
     async def stop(self) -> None:
@@ -275,7 +277,7 @@ class Control:
                 os.kill(pid, signal.SIGKILL)
 
     def logs(self) -> str:
-        parts = [f"--- {self.dir}/control.log (tail)\n{tail(self.dir / 'control.log')}"]
+        parts = [f"--- {self.dir}/{self.log_name} (tail)\n{tail(self.dir / self.log_name)}"]
         inst = self.dir / "instances"
         if inst.is_dir():
             for d in sorted(inst.iterdir()):

@@ -334,8 +334,11 @@ async fn own(
         tokio::select! {
             _ = renew.tick() => renew.once(lease, &node.holder).await,
             _ = deposed.cancelled() => {
-                control.cancel_token().cancel();
-                return Err(renew.deposed());
+                let e = renew.deposed();
+                // Stop acting, and let the instances run on: the new owner has them now.
+                node.set(Role::Leaving);
+                control.hand_over().await;
+                return Err(e);
             }
             _ = down.cancelled() => break,
         }
