@@ -32,6 +32,14 @@ Rows:
                    own, and remove the cluster at the end. With no --store, also `sqlite`: the
                    one command gives every row.
 
+Needs PostgreSQL and nginx for those rows (as root: `scripts/pg-cluster.sh install`,
+`scripts/nginx.sh install`) and a Ferry build (release: `cargo build --release -p ferry`; the
+debug binary is used when there is no release one).
+
+Besides req/s and latency, each run reads the CPU time the row's processes spent (the replicas,
+nginx and its workers, the PostgreSQL cluster's processes) and divides it by the routes served:
+CPU per route, which a host shared with other work disturbs far less than req/s.
+
 Each row uses its own database: rows never share state. Replicas get `--replicas` (every
 replica's URL), their own `--public-url`, `--listen` and `--state-dir`, and the same
 `--api-key`; the script waits until exactly one is the owner, and checks after the run that the
@@ -92,33 +100,8 @@ class Balancer:
     """A throwaway nginx in front of the replicas (scripts/nginx.sh)."""
 
     def __init__(self, upstreams: list[str]):
-        if not os.path.exists(os.path.join(ROOT, "scripts", "nginx.sh")):
-            return self._fallback(upstreams)  # TEMPORARY until scripts/nginx.sh lands on main
         got = assignments(script("nginx.sh", "start", *upstreams))
         self.dir, self.url = got["NGINX_DIR"], got["NGINX_URL"]
-
-    def _fallback(self, upstreams):
-        self.dir = tempfile.mkdtemp(prefix="ferry-nginx-")
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        servers = "".join(f"server {u.removeprefix('http://')};" for u in upstreams)
-        os.makedirs(f"{self.dir}/tmp")
-        with open(f"{self.dir}/nginx.conf", "w") as f:
-            f.write(f"""user root; daemon on; worker_processes 1; pid {self.dir}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{ log_format up '$request_method $request_uri upstream=$upstream_addr'; access_log {self.dir}/access.log up;
-client_body_temp_path {self.dir}/tmp/b; proxy_temp_path {self.dir}/tmp/p; fastcgi_temp_path {self.dir}/tmp/f;
-uwsgi_temp_path {self.dir}/tmp/u; scgi_temp_path {self.dir}/tmp/s;
-upstream ferry {{ {servers} keepalive 64; }}
-server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://ferry; proxy_http_version 1.1;
-proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off; }} }} }}
-""")
-        subprocess.run(["/usr/sbin/nginx", "-p", self.dir, "-e", f"{self.dir}/error.log", "-c",
-                        f"{self.dir}/nginx.conf"], check=True)
-        for _ in range(100):
-            if os.path.exists(f"{self.dir}/nginx.pid"):
-                break
-            time.sleep(0.05)
 
     def upstream_counts(self) -> dict:
         """`/route/` calls per upstream address, from the access log."""
@@ -135,12 +118,6 @@ proxy_set_header Connection ""; proxy_buffering off; proxy_request_buffering off
         return counts
 
     def stop(self):
-        if not os.path.exists(os.path.join(ROOT, "scripts", "nginx.sh")):
-            with open(f"{self.dir}/nginx.pid") as f:
-                os.kill(int(f.read().strip()), signal.SIGTERM)
-            time.sleep(0.5)
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return
         script("nginx.sh", "stop", self.dir)
 
 
@@ -270,6 +247,11 @@ class Plane:
         for k, ticks in after.items():
             spent = sum(t - before.get(k, {}).get(p, 0) for p, t in ticks.items())
             f[f"cpu_us_{k}"] = spent * tick_us / f["requests"] if f["requests"] else None
+        if self.replicas > 1 and f["requests"]:
+            # Per replica: what the owner spends, and what a relaying follower spends.
+            f["replica_cpu_us"] = {
+                url: (after["ferry"].get(p.pid, 0) - before["ferry"].get(p.pid, 0)) * tick_us / f["requests"]
+                for url, p in zip(self.urls, self.procs)}
         return f
 
     def bench(self, ferry: str, concurrency: int, seconds: int) -> dict:
@@ -492,6 +474,7 @@ def report(a, planes: list, results: dict, command: str, load_before: str, load_
         row["vs_" + base] = {k: row["median"][k] / med(base, k) if med(base, k) else None
                              for k in ("rps", "p50_ms", "p99_ms")}
         if p.owner:
+            row["owner"] = p.owner
             row["owner_changed"] = p.check_owner() or None
         if p.balancer:
             row["hops"] = p.hops()
@@ -526,6 +509,11 @@ def report(a, planes: list, results: dict, command: str, load_before: str, load_
             spread = ", ".join(f"{u} {c / hops['total']:.0%}" for u, c in sorted(hops["per_upstream"].items()))
             owner = f"; straight to the owner {hops['direct_to_owner']:.0%}" if "direct_to_owner" in hops else ""
             print(f"  nginx spread {hops['total']:,} /route/ calls: {spread}{owner}")
+        by = [x["replica_cpu_us"] for x in row["rounds"] if "replica_cpu_us" in x]
+        if by:
+            part = ", ".join(f"{'owner' if u == row.get('owner') else 'follower'} {u.removeprefix('http://')} "
+                             f"{statistics.median(x[u] for x in by):.0f}" for u in by[0])
+            print(f"  CPU µs per route (all routes) by replica, medians: {part}")
         if row.get("owner_changed"):
             print(f"  WARNING: {row['owner_changed']}")
     print(f"\nload average before {load_before}, after {load_after}")
