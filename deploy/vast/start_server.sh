@@ -188,6 +188,7 @@ echo "Worker: $WORKER_BIN ($version)"
 # --- TLS, as Vast's: a key and CSR here, the certificate signed by Vast ---------------------------
 if [ "$USE_SSL" = true ]; then
     command -v openssl >/dev/null || report_error_and_exit "USE_SSL=true needs openssl in the image"
+    mkdir -p "$FERRY_CERT_DIR" || report_error_and_exit "cannot create $FERRY_CERT_DIR"
     cat >"$FERRY_CERT_DIR/openssl-san.cnf" <<'EOF' || report_error_and_exit "Failed to write OpenSSL config"
 [req]
 default_bits       = 2048

@@ -17,7 +17,8 @@ FERRY_KIT_TIMEOUT_S (default 120). The last line of output is `N passed, M faile
 Two artefacts of the emulator, not of the kit: it does no NAT, so the on-start sets WORKER_PORT
 to the public port ($VAST_TCP_PORT_3000) the way a process behind Vast's port mapping would
 not need to; and /workspace is the instance's own directory ($PWD/workspace), since instances
-here are processes on one host. USE_SSL=false (the certificate signer is Vast's).
+here are processes on one host. USE_SSL=false except in the USE_SSL test, whose certificate
+signer is a local CA behind FERRY_SIGN_CERT_URL (Vast's is console.vast.ai).
 
 Environment: FERRY_BIN (the `ferry` for the control plane and the model server, default
 target/debug/ferry), FERRY_VAST_EMU_BIN (default target/debug/ferry-vast-emu).
@@ -35,6 +36,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -106,8 +108,10 @@ class Recorder(hs.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, root: Path | None = None):
+    def __init__(self, root: Path | None = None, signer=None):
         self.root = root
+        # POST /sign_cert/?instance_id=N with a CSR: signer(csr bytes) -> certificate PEM.
+        self.signer = signer
         self.gets: dict[str, int] = {}
         self.posts: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
@@ -150,6 +154,15 @@ class _Handler(hs.BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         n = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(n)
+        if self.server.signer and self.path.startswith("/sign_cert/"):
+            with self.server.lock:
+                self.server.posts.append((self.path, {"csr": raw.decode(errors="replace")}))
+            out = self.server.signer(raw)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+            return
         try:
             body = json.loads(raw)
         except json.JSONDecodeError:
@@ -454,6 +467,52 @@ def test_second_boot_reuses_install(ctx: Ctx) -> None:
     assert debug.read_text().count("start_server.sh (Ferry)") == 2
     # The stop's own report is the only error: the worker's SIGTERM edge, sent through the kit.
     assert {e["error_msg"] for e in error_reports(ctx)} == {"Worker shutting down"}, error_reports(ctx)
+
+
+def test_use_ssl_certificate_signed_and_served(ctx: Ctx) -> None:
+    """USE_SSL=true: the script posts a CSR for this instance to the signer (Vast's
+    /api/v0/sign_cert/, here a local CA behind FERRY_SIGN_CERT_URL) and the worker serves TLS
+    with the certificate it got back."""
+    ca = ctx.dir / "ca"
+    ca.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=kit-ca", "-keyout", str(ca / "ca.key"), "-out", str(ca / "ca.crt")],
+                   check=True, capture_output=True)  # fmt: skip
+
+    def sign(csr: bytes) -> bytes:
+        (ca / "req.csr").write_bytes(csr)
+        subprocess.run(["openssl", "x509", "-req", "-in", str(ca / "req.csr"), "-CA", str(ca / "ca.crt"),
+                        "-CAkey", str(ca / "ca.key"), "-CAcreateserial", "-days", "1", "-copy_extensions", "copyall",
+                        "-out", str(ca / "signed.crt")], check=True, capture_output=True)  # fmt: skip
+        return (ca / "signed.crt").read_bytes()
+
+    signer = Recorder(signer=sign)
+    try:
+        env = {**kit_env(ctx.release_url, ctx.sha, ctx.reports.url), "USE_SSL": "true",
+               "FERRY_SIGN_CERT_URL": f"{signer.url}/sign_cert/"}  # fmt: skip
+        iid = ctx.emu.create(env, onstart().replace("set -e\n", 'set -e\nexport FERRY_CERT_DIR="$PWD/certs"\n'))
+        certs = ctx.emu.instance_dir(iid) / "certs"
+        port = int(worker_url(ctx, iid).rsplit(":", 1)[1])
+
+        def served_cert():
+            try:
+                return ssl.get_server_certificate(("127.0.0.1", port), timeout=2)
+            except (OSError, ssl.SSLError):
+                return None
+
+        pem = until("the worker serving TLS", served_cert, timeout=60, show=ctx.logs)
+        issued = (certs / "instance.crt").read_text()
+        assert ssl.PEM_cert_to_DER_cert(pem) == ssl.PEM_cert_to_DER_cert(issued), "not the signed certificate"
+        ((path, body),) = [(p, b) for p, b in signer.posts if p.startswith("/sign_cert/")]
+        assert path == f"/sign_cert/?instance_id={iid}", path
+        assert "BEGIN CERTIFICATE REQUEST" in body["csr"], body
+        assert (certs / "instance.key").is_file()
+        # Its reports name an https URL, as PyWorker's do under USE_SSL.
+        until("an https url in a report",
+              lambda: any(str(b.get("url", "")).startswith("https://") for b in ctx.reports.statuses()),
+              timeout=20)  # fmt: skip
+    finally:
+        signer.stop()
 
 
 def _served(ctx: Ctx, iid: int) -> bool:
