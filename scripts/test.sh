@@ -3,10 +3,11 @@
 # formatting, clippy with warnings denied, unused dependencies, docs with warnings denied, every
 # Rust test, a short run of every fuzz target (scripts/fuzz.sh), the tests against real peers
 # (llama.cpp's llama-server with real models, Vast's official Python client, CLI and PyWorker, the
-# openai package), the Vast REST API emulator against the official `vastai` functions, fault
-# injection under load through the official client, control-plane replicas on PostgreSQL behind
-# nginx under faults (nginx is installed first when missing, as root; without nginx or
-# PostgreSQL skipped with a message, except on CI), the fleet suite (control plane and workers
+# openai package), the Vast REST API emulator against the official `vastai` functions, the
+# release tarball (scripts/dist.sh) and the Vast template kit booted from it, fault injection
+# under load through the official client, control-plane replicas on PostgreSQL behind nginx
+# under faults (nginx is installed first when missing, as root; without nginx or PostgreSQL
+# skipped with a message, except on CI), the fleet suite (control plane and workers
 # on separate network namespaces, one of them partitioned; needs root, skipped with a message
 # otherwise except on CI), and the side-by-side benchmark's smoke mode.
 #
@@ -78,6 +79,12 @@ bash scripts/peer-tests.sh --build
 
 step "Vast REST API emulator against Vast's official vastai functions (scripts/vast-emu-tests.sh)"
 bash scripts/vast-emu-tests.sh --build
+
+step "release tarball (scripts/dist.sh: portable build, glibc <= 2.31, smoke) and the Vast kit on it (scripts/vast-kit-tests.sh)"
+# The release build's target dir and tools are cached in ~/.cache/ferry (keyed by version and
+# CPU): the first run builds from scratch, later runs rebuild only what changed.
+bash scripts/dist.sh
+bash scripts/vast-kit-tests.sh
 
 step "fault injection under load through the official client (scripts/fault-tests.sh)"
 bash scripts/fault-tests.sh

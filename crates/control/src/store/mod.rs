@@ -175,6 +175,24 @@ impl Loaded {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    /// Records carry Unix times as JSON floats (`created_at`); a replica that reads them back
+    /// must get the very same value (serde_json's `float_roundtrip`), or every read-back and
+    /// re-write would drift the last bit.
+    #[test]
+    fn json_floats_read_back_exactly() {
+        for text in ["1795983843.4812875", "0.1", "1795983843.481287", "5e-324"] {
+            let v: f64 = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&v).unwrap(), text);
+            let again: f64 = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+            assert_eq!(again.to_bits(), v.to_bits());
+        }
+    }
+}
+
 /// An in-memory store for tests: records what is written, and can play it back as the
 /// [`Loaded`] of a restart.
 #[cfg(test)]
