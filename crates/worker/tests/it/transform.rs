@@ -285,7 +285,9 @@ drop = ["choices..text"]
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(
-        err.contains("route /v1/completions: response.drop: \"choices..text\" has an empty part"),
+        err.starts_with(
+            "ferry-worker: BACKEND: route /v1/completions: response.drop: \"choices..text\" has an empty part"
+        ),
         "{err}"
     );
 }
