@@ -908,6 +908,34 @@ mod tests {
     }
 
     #[test]
+    fn every_documented_worker_file_is_valid() {
+        let doc = include_str!("../../../docs/custom-workers.md");
+        let dir = std::env::temp_dir().join(format!("ferry-docs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blocks: Vec<&str> = doc
+            .split("```toml\n")
+            .skip(1)
+            .map(|b| &b[..b.find("```").unwrap()])
+            .collect();
+        assert!(blocks.len() >= 4, "{}", blocks.len());
+        for (i, block) in blocks.iter().enumerate() {
+            let path = dir.join(format!("doc-{i}.toml"));
+            std::fs::write(&path, block).unwrap();
+            let (args, file) =
+                WorkerArgs::parse_from(["worker", "--config", path.to_str().unwrap()]).unwrap();
+            let s = args
+                .validate(&file)
+                .unwrap_or_else(|e| panic!("block {i}: {e}"));
+            if block.contains("[route.response]") {
+                assert!(
+                    s.preset.routes.iter().any(|r| r.response.is_some()),
+                    "block {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn errors_are_one_line() {
         let e = ConfigError::new("BACKEND", "route /a\nb\r: bad");
         assert_eq!(e.to_string(), "BACKEND: route /a\\nb\\r: bad");

@@ -59,6 +59,14 @@ pub enum WorkerError {
     UpstreamTransport(String),
     #[error("model server timeout: {0}")]
     UpstreamTimeout(&'static str),
+    /// A route that reshapes answers got one that is not JSON.
+    #[error("{0}")]
+    UpstreamNotJson(String),
+    /// An answer (or one SSE event) a route reshapes is larger than the limit.
+    #[error(
+        "the model's answer is larger than {0} bytes, the most a route that reshapes answers reads"
+    )]
+    UpstreamTooLarge(usize),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -85,6 +93,8 @@ impl WorkerError {
             WorkerError::UpstreamConnect(_) => "upstream_connect",
             WorkerError::UpstreamTransport(_) => "upstream_transport",
             WorkerError::UpstreamTimeout(_) => "upstream_timeout",
+            WorkerError::UpstreamNotJson(_) => "upstream_not_json",
+            WorkerError::UpstreamTooLarge(_) => "upstream_too_large",
             WorkerError::Internal(_) => "internal",
         }
     }
@@ -106,9 +116,10 @@ impl WorkerError {
             WorkerError::MaxSessions => StatusCode::TOO_MANY_REQUESTS,
             WorkerError::NoRoute(_) => StatusCode::NOT_FOUND,
             WorkerError::ShuttingDown | WorkerError::Cold => StatusCode::SERVICE_UNAVAILABLE,
-            WorkerError::UpstreamConnect(_) | WorkerError::UpstreamTransport(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            WorkerError::UpstreamConnect(_)
+            | WorkerError::UpstreamTransport(_)
+            | WorkerError::UpstreamNotJson(_)
+            | WorkerError::UpstreamTooLarge(_) => StatusCode::BAD_GATEWAY,
             WorkerError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             WorkerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::WorkerError;
 use crate::load::{Outcome, RequestGuard};
+use crate::transform::SseReshaper;
 
 /// The model server client.
 #[derive(Clone, Debug)]
@@ -232,11 +233,18 @@ pub struct RelayBody {
     sse: bool,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
-    pending_error: Option<Bytes>,
+    /// A last frame to send before the end (an SSE error event, a reshaped stream's tail).
+    pending: Option<Bytes>,
     finished: bool,
     observer: Box<dyn RelayObserver>,
     /// Fires when the request's session ends: the relay stops and the client's body is cut.
     cancel: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Reshapes each SSE event (a route's `[route.response]`); `None` relays bytes untouched.
+    reshape: Option<SseReshaper>,
+    /// [`RelayBody::read_all`]: the end of the body leaves the outcome to the caller.
+    defer_end: bool,
+    /// Why a non-SSE relay failed, for [`RelayBody::read_all`].
+    failure: Option<WorkerError>,
 }
 
 impl RelayBody {
@@ -258,11 +266,57 @@ impl RelayBody {
             sse,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
-            pending_error: None,
+            pending: None,
             finished: false,
             observer,
             cancel: None,
+            reshape: None,
+            defer_end: false,
+            failure: None,
         }
+    }
+
+    /// Reshapes each event of the SSE stream as it passes.
+    pub fn reshape_events(mut self, reshaper: SseReshaper) -> Self {
+        self.reshape = Some(reshaper);
+        self
+    }
+
+    /// Reads the whole body (a route that reshapes whole answers), refusing more than `limit`
+    /// bytes (502). A failure records the request as failed (or cancelled, when its session
+    /// closed); a complete body leaves the outcome open until [`RelayBody::finish`], once the
+    /// caller knows what the client gets. Dropped before that, the request counts as cancelled.
+    pub async fn read_all(&mut self, limit: usize) -> Result<Bytes, WorkerError> {
+        use http_body_util::BodyExt as _;
+        self.defer_end = true;
+        let expected = self.inner.size_hint().exact().unwrap_or(0);
+        let mut buf = BytesMut::with_capacity(usize::try_from(expected).unwrap_or(0).min(limit));
+        while let Some(frame) = self.frame().await {
+            match frame {
+                Ok(frame) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers
+                    };
+                    if buf.len() + data.len() > limit {
+                        self.end(Outcome::Error);
+                        return Err(WorkerError::UpstreamTooLarge(limit));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+                Err(e) => {
+                    return Err(self
+                        .failure
+                        .take()
+                        .unwrap_or(WorkerError::UpstreamTransport(e.0)))
+                }
+            }
+        }
+        Ok(buf.freeze())
+    }
+
+    /// Records the outcome of a body read with [`RelayBody::read_all`].
+    pub fn finish(mut self, outcome: Outcome) {
+        self.end(outcome);
     }
 
     /// Stops the relay when `token` fires (the request's session ended).
@@ -283,9 +337,19 @@ impl RelayBody {
     fn end(&mut self, outcome: Outcome) {
         if let Some(mut g) = self.guard.take() {
             g.finish(outcome);
+            self.observer.on_end(outcome);
         }
-        self.observer.on_end(outcome);
         self.finished = true;
+    }
+
+    /// The model's body is complete.
+    fn complete(&mut self) {
+        if self.defer_end {
+            self.finished = true;
+        } else {
+            let outcome = self.completed_outcome();
+            self.end(outcome);
+        }
     }
 
     /// After the headers are out, an upstream failure cannot change the status: SSE clients get a
@@ -299,15 +363,18 @@ impl RelayBody {
             let frame = Bytes::from(format!("event: error\ndata: {event}\n\n"));
             Poll::Ready(Some(Ok(Frame::data(frame))))
         } else {
-            Poll::Ready(Some(Err(RelayError(err.to_string()))))
+            let message = err.to_string();
+            self.failure = Some(err);
+            Poll::Ready(Some(Err(RelayError(message))))
         }
     }
 }
 
 impl Drop for RelayBody {
     fn drop(&mut self) {
-        // The client went away before the end (or the server dropped the response).
-        if !self.finished {
+        // The client went away before the end (or the server dropped the response, or a body
+        // read whole was never given its outcome).
+        if self.guard.is_some() {
             self.end(Outcome::Cancelled);
         }
     }
@@ -327,7 +394,7 @@ impl Body for RelayBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        if let Some(b) = this.pending_error.take() {
+        if let Some(b) = this.pending.take() {
             return Poll::Ready(Some(Ok(Frame::data(b))));
         }
         if this.finished {
@@ -336,43 +403,63 @@ impl Body for RelayBody {
         if let Some(c) = this.cancel.as_mut() {
             if c.as_mut().poll(cx).is_ready() {
                 this.end(Outcome::Cancelled);
+                this.failure = Some(WorkerError::InvalidSession);
                 return Poll::Ready(Some(Err(RelayError("session closed".into()))));
             }
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.observer.on_chunk(data);
+        loop {
+            return match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.observer.on_chunk(data);
+                    }
+                    let deadline = Instant::now() + this.idle;
+                    this.timer.as_mut().reset(deadline);
+                    // With a known length hyper stops polling after the last byte and drops
+                    // the body, so record the outcome as soon as the upstream body says it is
+                    // done.
+                    let ended = this.inner.is_end_stream();
+                    let frame = match this.reshape.as_mut() {
+                        None => frame,
+                        Some(r) => match reshape_frame(r, frame, ended) {
+                            Ok(f) => f,
+                            Err(e) => return this.fail(e),
+                        },
+                    };
+                    if ended {
+                        this.complete();
+                    }
+                    // A reshaper holding an incomplete event has nothing to send yet.
+                    if frame.data_ref().is_some_and(|d| d.is_empty()) {
+                        if ended {
+                            return Poll::Ready(None);
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                let deadline = Instant::now() + this.idle;
-                this.timer.as_mut().reset(deadline);
-                // With a known length hyper stops polling after the last byte and drops the
-                // body, so record the outcome as soon as the upstream body says it is done.
-                if this.inner.is_end_stream() {
-                    let outcome = this.completed_outcome();
-                    this.end(outcome);
+                Poll::Ready(Some(Err(e))) => this.fail(WorkerError::UpstreamTransport(format!(
+                    "reading the model response: {e}"
+                ))),
+                Poll::Ready(None) => {
+                    this.complete();
+                    match this.reshape.as_mut().map(SseReshaper::finish) {
+                        Some(tail) if !tail.is_empty() => Poll::Ready(Some(Ok(Frame::data(tail)))),
+                        _ => Poll::Ready(None),
+                    }
                 }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => this.fail(WorkerError::UpstreamTransport(format!(
-                "reading the model response: {e}"
-            ))),
-            Poll::Ready(None) => {
-                let outcome = this.completed_outcome();
-                this.end(outcome);
-                Poll::Ready(None)
-            }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => this.fail(WorkerError::UpstreamTimeout(
-                    "the model server went silent for longer than the idle timeout",
-                )),
-                Poll::Pending => Poll::Pending,
-            },
+                Poll::Pending => match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => this.fail(WorkerError::UpstreamTimeout(
+                        "the model server went silent for longer than the idle timeout",
+                    )),
+                    Poll::Pending => Poll::Pending,
+                },
+            };
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished && self.pending_error.is_none()
+        self.finished && self.pending.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -382,4 +469,28 @@ impl Body for RelayBody {
             self.inner.size_hint()
         }
     }
+}
+
+/// One upstream frame through the reshaper; at the end of the stream its tail comes along.
+fn reshape_frame(
+    r: &mut SseReshaper,
+    frame: Frame<Bytes>,
+    ended: bool,
+) -> Result<Frame<Bytes>, WorkerError> {
+    let Some(data) = frame.data_ref() else {
+        return Ok(frame);
+    };
+    let out = r
+        .feed(data)
+        .map_err(|e| WorkerError::UpstreamTooLarge(e.0))?;
+    if !ended {
+        return Ok(Frame::data(out));
+    }
+    let tail = r.finish();
+    if tail.is_empty() {
+        return Ok(Frame::data(out));
+    }
+    let mut all = BytesMut::from(&out[..]);
+    all.extend_from_slice(&tail);
+    Ok(Frame::data(all.freeze()))
 }

@@ -12,6 +12,7 @@
 //! - [`auth`]: public key fetch, signature check, Ferry's token; [`load`]: load accounting.
 //! - [`report`]: `/worker_status/` and `/delete_requests/` loops; [`join`]: joining a Ferry
 //!   control plane's external workergroup with a token.
+//! - [`transform`]: a route's `[route.response]`: reshape the model's answer, map its errors.
 //! - [`error`]: the error type and its single HTTP mapping.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod sessions;
 pub mod telemetry;
 pub mod tls;
+pub mod transform;
 
 use std::future::Future;
 use std::sync::Arc;

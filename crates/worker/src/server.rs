@@ -6,7 +6,8 @@
 //! count the workload → verify the signature (401, counted as rejected) → admission: the
 //! queue-time estimate (429, rejected) and, for FIFO routes, a place in the one-at-a-time line →
 //! POST the payload to the model server over a pooled connection → relay status, headers and
-//! body chunk by chunk. The [`RequestGuard`](crate::load::RequestGuard) rides on the relayed body,
+//! body chunk by chunk (or, on a route with a `[route.response]`, reshaped: see
+//! [`crate::transform`]). The [`RequestGuard`](crate::load::RequestGuard) rides on the relayed body,
 //! so success, failure and client disconnect (499, cancelled) are all recorded where they happen.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ use crate::hooks::Hooks;
 use crate::load::{epoch_now, Kind, Outcome, Tracker};
 use crate::sessions::{self, SessionStore};
 use crate::telemetry::{self, RequestObserver, RouteMetrics};
+use crate::transform::{Plan, SseReshaper, Transform};
 
 /// Shared state of one worker.
 #[derive(Clone)]
@@ -488,19 +490,75 @@ async fn serve(
         .map(|p| &p.metrics)
         .unwrap_or(&state.inner.other_metrics);
     let observer = RequestObserver::start(metrics, workload, sse, started);
+    // A route without `[route.response]` has no plan: the answer goes out as it came.
+    let transform = route.response.as_ref();
+    let plan = transform.map(|t| t.plan(parts.status, sse));
+    let status = match plan {
+        Some(Plan::Relay { status, .. }) => status,
+        _ => parts.status,
+    };
     let relay = RelayBody::new(
         incoming,
         guard,
         permit,
-        parts.status,
+        status,
         sse,
         upstream.idle_timeout(),
         Box::new(observer),
     )
     .cancel_on(session_cancel);
+    let (relay, reshaped) = match (transform, plan) {
+        (Some(t), Some(Plan::ReadBody)) => {
+            return reshape_whole(t, relay, &parts, settings.max_body_bytes).await
+        }
+        (
+            Some(t),
+            Some(Plan::Relay {
+                reshape_events: true,
+                ..
+            }),
+        ) => (
+            relay.reshape_events(SseReshaper::new(t.clone(), settings.max_body_bytes)),
+            true,
+        ),
+        _ => (relay, false),
+    };
     let mut response = Response::new(Body::new(relay));
-    *response.status_mut() = parts.status;
+    *response.status_mut() = status;
     copy_response_headers(&parts.headers, response.headers_mut());
+    if reshaped {
+        response.headers_mut().remove(http::header::CONTENT_LENGTH);
+    }
+    Ok(response)
+}
+
+/// A route that reshapes whole answers: read the answer (at most `limit` bytes), apply the
+/// transform, and answer with the status and body it gives. The request's outcome follows the
+/// status the client gets; an answer that is not JSON is the model's failure (502).
+async fn reshape_whole(
+    transform: &Transform,
+    mut relay: RelayBody,
+    parts: &http::response::Parts,
+    limit: usize,
+) -> Result<Response, WorkerError> {
+    let body = relay.read_all(limit).await?;
+    let (status, reshaped) = match transform.apply(parts.status, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            relay.finish(Outcome::Error);
+            return Err(WorkerError::UpstreamNotJson(e.to_string()));
+        }
+    };
+    relay.finish(if status.is_server_error() {
+        Outcome::Error
+    } else {
+        Outcome::Success
+    });
+    let mut response = Response::new(Body::from(reshaped.unwrap_or(body)));
+    *response.status_mut() = status;
+    copy_response_headers(&parts.headers, response.headers_mut());
+    // The body's length is known again (hyper sets it); the model's may no longer be true.
+    response.headers_mut().remove(http::header::CONTENT_LENGTH);
     Ok(response)
 }
 

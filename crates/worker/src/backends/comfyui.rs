@@ -16,6 +16,7 @@ pub(super) fn preset() -> Preset {
             workload: Workload::Comfy,
             parallel: false,
             max_queue_time: Some(10.0),
+            response: None,
         }],
         passthrough: None,
         health_endpoint: None,

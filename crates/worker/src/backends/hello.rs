@@ -13,6 +13,7 @@ fn route(path: &str) -> RouteSpec {
         workload: Workload::FirstOf(vec![Workload::field("max_tokens"), Workload::Constant(1.0)]),
         parallel: true,
         max_queue_time: None,
+        response: None,
     }
 }
 

@@ -16,6 +16,7 @@ pub(super) fn preset() -> Preset {
             workload: Workload::FirstOf(vec![Workload::field("n_predict"), Workload::Constant(0.0)]),
             parallel: true,
             max_queue_time: Some(600.0),
+            response: None,
         }],
         passthrough: None,
         health_endpoint: Some("/health".into()),

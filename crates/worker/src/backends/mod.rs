@@ -12,10 +12,13 @@ mod passthrough;
 mod tgi;
 mod workload;
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::readiness::LogLines;
+use crate::transform::{ResponseFile, Transform};
 pub use workload::Workload;
 
 /// Vast's fallback workload when nothing better is known (`DEFAULT_WORKLOAD`).
@@ -34,6 +37,8 @@ pub struct RouteSpec {
     pub parallel: bool,
     /// 429 when the estimated wait exceeds this many seconds; `None` never rejects.
     pub max_queue_time: Option<f64>,
+    /// How the model's answer is reshaped before it is relayed; `None` relays it untouched.
+    pub response: Option<Arc<Transform>>,
 }
 
 /// What the benchmark sends.
@@ -126,6 +131,9 @@ pub struct RouteFile {
     #[serde(default = "yes")]
     pub parallel: bool,
     pub max_queue_time: Option<f64>,
+    /// `[route.response]`: reshape the model's answer, map its errors to statuses.
+    #[serde(default)]
+    pub response: Option<ResponseFile>,
 }
 
 /// The `[readiness]` table.
@@ -207,12 +215,19 @@ impl PresetFile {
                 Some(v) => Workload::from_toml(v)
                     .map_err(|e| format!("route {}: workload: {e}", r.path))?,
             };
+            let response = match &r.response {
+                None => None,
+                Some(f) => Transform::from_file(f)
+                    .map_err(|e| format!("route {}: {e}", r.path))?
+                    .map(Arc::new),
+            };
             routes.push(RouteSpec {
                 path: r.path.clone(),
                 model_path: r.model_path.clone().unwrap_or_else(|| r.path.clone()),
                 workload,
                 parallel: r.parallel,
                 max_queue_time: r.max_queue_time,
+                response,
             });
         }
         let readiness = self.readiness.clone().unwrap_or_default();

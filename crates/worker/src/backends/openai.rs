@@ -20,6 +20,7 @@ fn route(path: &str) -> RouteSpec {
         ]),
         parallel: true,
         max_queue_time: Some(600.0),
+        response: None,
     }
 }
 

@@ -18,6 +18,7 @@ pub(super) fn preset() -> Preset {
             workload: Workload::Constant(DEFAULT_WORKLOAD),
             parallel: true,
             max_queue_time: None,
+            response: None,
         }),
         health_endpoint: None,
         unwrap_input: false,

@@ -14,6 +14,7 @@ fn route(path: &str) -> RouteSpec {
         workload: Workload::field("parameters.max_new_tokens"),
         parallel: true,
         max_queue_time: Some(60.0),
+        response: None,
     }
 }
 

@@ -14,3 +14,4 @@ mod reports;
 mod request_path;
 mod sessions;
 mod streaming;
+mod transform;
