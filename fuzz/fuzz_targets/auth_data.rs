@@ -12,14 +12,16 @@
 //! - a signature verifies only for a URL the fixture key really signed, and a Ferry token only
 //!   for claims it really signed (random data never verifies); what verifies re-signs to a
 //!   signature that verifies too;
-//! - the worker's `KeyStore::check` (signature cache, token rules) agrees with the direct checks.
+//! - a `ferry_mac` never verifies under a key the input was not made with;
+//! - the worker's `KeyStore::check` (signature cache, token rules) agrees with the direct checks,
+//!   and refuses a `ferry_mac` when it has no master token.
 
 #![no_main]
 
 use std::sync::LazyLock;
 
 use ferry_fuzz::{FIXTURES, NOW};
-use ferry_protocol::{cost_milli, AuthData, TokenError};
+use ferry_protocol::{cost_milli, AuthData, TokenError, TokenKey};
 use ferry_worker::auth::{AuthError, KeyStore};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
@@ -29,6 +31,10 @@ static KEYS: LazyLock<std::sync::Arc<KeyStore>> = LazyLock::new(|| {
     ks.set_key(FIXTURES.public.clone());
     ks
 });
+
+/// A v2 token key nobody minted the corpus with.
+static MAC: LazyLock<TokenKey> =
+    LazyLock::new(|| TokenKey::derive("fuzz-master-token").expect("non-empty"));
 
 fuzz_target!(|data: &[u8]| {
     let Ok(v) = serde_json::from_slice::<Value>(data) else {
@@ -96,13 +102,28 @@ fuzz_target!(|data: &[u8]| {
         }
         Err(TokenError::Expired { exp, now }) => assert!(now >= exp),
         Err(TokenError::BadSignature) => {}
+        Err(TokenError::NoKey) => panic!("verify_ferry needs no MAC key"),
+    }
+
+    // The v2 token (`ferry_mac`): random data never verifies under a key it was not made with.
+    match MAC.verify(&auth, NOW) {
+        Ok(()) => panic!("forged ferry_mac verified: {auth:?}"),
+        Err(TokenError::Missing) => {
+            assert!(auth.ferry_exp.is_none() || auth.ferry_mac.is_none())
+        }
+        Err(TokenError::Expired { exp, now }) => assert!(now >= exp),
+        Err(TokenError::BadSignature) => {}
+        Err(TokenError::NoKey) => panic!("a TokenKey never answers NoKey"),
     }
 
     // The worker's check (cached) agrees with the direct ones.
-    let has_token = auth.ferry_sig.is_some() || auth.ferry_exp.is_some();
+    let has_token =
+        auth.ferry_mac.is_some() || auth.ferry_sig.is_some() || auth.ferry_exp.is_some();
     let expected = match (&vast, &token) {
         (Err(_), _) => Err(AuthError::BadSignature),
         (Ok(()), _) if !has_token => Ok(()),
+        // This store has no master token: a v2 token is refused, never waved through.
+        (Ok(()), _) if auth.ferry_mac.is_some() => Err(AuthError::Token(TokenError::NoKey)),
         (Ok(()), Ok(())) => Ok(()),
         (Ok(()), Err(e)) => Err(AuthError::Token(e.clone())),
     };

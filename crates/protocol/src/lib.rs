@@ -13,7 +13,8 @@
 //!
 //! - [`sign`]: [`vast_message`], [`PublicKey`] (verify) and [`SigningKey`] (sign), RSA PKCS#1
 //!   v1.5 over SHA-256, interoperable with pycryptodome.
-//! - [`token`]: Ferry's optional expiring token carried in `auth_data` (`ferry_exp`, `ferry_sig`).
+//! - [`token`]: Ferry's optional expiring token carried in `auth_data`: `ferry_exp` with
+//!   `ferry_mac` (v2, HMAC-SHA256 under a per-worker key, [`TokenKey`]) or `ferry_sig` (v1, RSA).
 //! - [`wire`]: serde types for `/route/`, the worker request body, `/worker_status/`,
 //!   `/delete_requests/` and the `/session/*` calls, plus [`parse_worker_request`] with Vast's
 //!   exact error bodies.
@@ -49,5 +50,8 @@ pub mod token;
 pub mod wire;
 
 pub use sign::{vast_message, KeyError, PublicKey, SignatureError, SigningKey};
-pub use token::{cost_milli, ferry_message, FerryClaims, TokenError, FERRY_TOKEN_VERSION};
+pub use token::{
+    cost_milli, ferry_mac_message, ferry_message, FerryClaims, TokenError, TokenKey,
+    FERRY_MAC_VERSION, FERRY_TOKEN_VERSION,
+};
 pub use wire::*;

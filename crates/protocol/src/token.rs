@@ -40,11 +40,24 @@
 //!
 //! (Python's `round()` rounds half to even, hence `Decimal`; `Decimal(float)` is exact.)
 
+use base64::Engine as _;
+
 use crate::sign::{PublicKey, SignatureError, SigningKey};
 use crate::wire::{AuthData, RouteReady};
 
-/// First line of every token message; bump it to change the format.
+/// First line of every RSA token message (`ferry_sig`); bump it to change the format.
 pub const FERRY_TOKEN_VERSION: &str = "ferry-token-v1";
+
+/// First line of every MAC token message (`ferry_mac`).
+pub const FERRY_MAC_VERSION: &str = "ferry-token-v2";
+
+/// HKDF-SHA256 salt for [`TokenKey::derive`]: names the purpose, so the key is never the raw
+/// master token nor a key any other use of the master token could produce.
+const MAC_KEY_SALT: &[u8] = b"ferry grant-token key derivation v2";
+/// HKDF-SHA256 info for [`TokenKey::derive`].
+const MAC_KEY_INFO: &[u8] = b"ferry-token-v2 hmac-sha256";
+/// Length of an HMAC-SHA256 tag.
+const MAC_LEN: usize = 32;
 
 /// What a Ferry token vouches for.
 #[derive(Debug, Clone, PartialEq)]
@@ -85,11 +98,34 @@ pub fn cost_milli(cost: f64) -> i64 {
 
 /// The canonical byte string a Ferry token signs; format in the [module docs](self).
 pub fn ferry_message(c: &FerryClaims) -> String {
-    message(&c.url, &c.endpoint, c.request_idx, c.reqnum, c.cost, c.exp)
+    message(
+        FERRY_TOKEN_VERSION,
+        &c.url,
+        &c.endpoint,
+        c.request_idx,
+        c.reqnum,
+        c.cost,
+        c.exp,
+    )
+}
+
+/// The canonical byte string a `ferry_mac` authenticates: [`ferry_message`]'s format with the
+/// first line [`FERRY_MAC_VERSION`], so a v1 signature and a v2 MAC never cover the same bytes.
+pub fn ferry_mac_message(c: &FerryClaims) -> String {
+    message(
+        FERRY_MAC_VERSION,
+        &c.url,
+        &c.endpoint,
+        c.request_idx,
+        c.reqnum,
+        c.cost,
+        c.exp,
+    )
 }
 
 /// Builds the message from borrowed fields, so verification works straight from `AuthData`.
 fn message(
+    version: &str,
     url: &str,
     endpoint: &str,
     request_idx: u64,
@@ -99,7 +135,7 @@ fn message(
 ) -> String {
     use std::fmt::Write as _;
     let mut out = String::with_capacity(80 + url.len() + endpoint.len());
-    out.push_str(FERRY_TOKEN_VERSION);
+    out.push_str(version);
     out.push('\n');
     push_escaped(url, &mut out);
     out.push('\n');
@@ -145,6 +181,9 @@ pub enum TokenError {
     /// Does not verify against the ticket's fields (or `cost` is not a number).
     #[error("Ferry token signature does not match")]
     BadSignature,
+    /// A `ferry_mac` reached a worker that has no master token to derive the MAC key from.
+    #[error("Ferry MAC token, but this worker has no master token to check it with")]
+    NoKey,
 }
 
 impl TokenError {
@@ -154,6 +193,7 @@ impl TokenError {
             TokenError::Missing => "token_missing",
             TokenError::Expired { .. } => "token_expired",
             TokenError::BadSignature => "token_bad_signature",
+            TokenError::NoKey => "token_no_key",
         }
     }
 }
@@ -185,6 +225,7 @@ impl PublicKey {
         }
         let cost = auth.cost.as_f64().ok_or(TokenError::BadSignature)?;
         let msg = message(
+            FERRY_TOKEN_VERSION,
             &auth.url,
             &auth.endpoint,
             auth.request_idx,
@@ -194,6 +235,73 @@ impl PublicKey {
         );
         self.verify(msg.as_bytes(), sig)
             .map_err(|_| TokenError::BadSignature)
+    }
+}
+
+/// One worker's MAC key for Ferry's v2 token (`ferry_mac`), derived from the master token that
+/// only that worker and the control plane know. `Debug` prints no key material.
+pub struct TokenKey {
+    key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(***)")
+    }
+}
+
+impl TokenKey {
+    /// HKDF-SHA256 (RFC 5869) of `master_token` with a fixed salt and info naming this use; the
+    /// result keys HMAC-SHA256. `None` for an empty master token: no shared secret, no MAC.
+    pub fn derive(master_token: &str) -> Option<TokenKey> {
+        use ring::{hkdf, hmac};
+        if master_token.is_empty() {
+            return None;
+        }
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, MAC_KEY_SALT).extract(master_token.as_bytes());
+        let okm = prk.expand(&[MAC_KEY_INFO], hmac::HMAC_SHA256).ok()?;
+        Some(TokenKey {
+            key: hmac::Key::from(okm),
+        })
+    }
+
+    /// The `ferry_mac` for `c`: unpadded URL-safe base64 of HMAC-SHA256 over
+    /// [`ferry_mac_message`]`(c)` (43 characters).
+    pub fn mac(&self, c: &FerryClaims) -> String {
+        let tag = ring::hmac::sign(&self.key, ferry_mac_message(c).as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+    }
+
+    /// Checks the MAC token in `auth`: `ferry_mac` and `ferry_exp` present, not expired at
+    /// `now_unix` (same rule and order as [`PublicKey::verify_ferry`]), and `ferry_mac` the tag
+    /// of the claims rebuilt from `auth`. The tag must be exactly the canonical 43-character
+    /// encoding, so one grant has one accepted spelling (the worker's replay check relies on
+    /// it); the comparison is constant-time (`ring::hmac::verify`). `ferry_sig` is not looked at.
+    pub fn verify(&self, auth: &AuthData, now_unix: u64) -> Result<(), TokenError> {
+        let (Some(exp), Some(mac)) = (auth.ferry_exp, auth.ferry_mac.as_deref()) else {
+            return Err(TokenError::Missing);
+        };
+        if now_unix >= exp {
+            return Err(TokenError::Expired { exp, now: now_unix });
+        }
+        let mut tag = [0u8; MAC_LEN];
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode_slice(mac.as_bytes(), &mut tag)
+            .map_err(|_| TokenError::BadSignature)?;
+        if decoded != MAC_LEN {
+            return Err(TokenError::BadSignature);
+        }
+        let cost = auth.cost.as_f64().ok_or(TokenError::BadSignature)?;
+        let msg = message(
+            FERRY_MAC_VERSION,
+            &auth.url,
+            &auth.endpoint,
+            auth.request_idx,
+            auth.reqnum,
+            cost,
+            exp,
+        );
+        ring::hmac::verify(&self.key, msg.as_bytes(), &tag).map_err(|_| TokenError::BadSignature)
     }
 }
 
@@ -225,6 +333,7 @@ mod tests {
             url: c.url.clone(),
             ferry_exp: Some(c.exp),
             ferry_sig: sig,
+            ferry_mac: None,
             extra: Map::new(),
         }
     }
@@ -321,5 +430,139 @@ mod tests {
             Err(TokenError::BadSignature)
         );
         assert!(public.verify_url(&c.url, &sig).is_err());
+    }
+
+    fn mac_auth(c: &FerryClaims, key: &TokenKey) -> AuthData {
+        let mut a = auth_for(c, None);
+        a.ferry_mac = Some(key.mac(c));
+        a
+    }
+
+    #[test]
+    fn mac_message_is_a_separate_domain() {
+        let c = claims();
+        assert_eq!(
+            ferry_mac_message(&c),
+            "ferry-token-v2\nhttps://1.2.3.4:5\nep\n25\n3\n100000\n2000000000"
+        );
+        assert_ne!(ferry_mac_message(&c), ferry_message(&c));
+    }
+
+    #[test]
+    fn mac_key_derivation() {
+        assert!(TokenKey::derive("").is_none());
+        let key = TokenKey::derive("0123456789abcdef0123456789abcdef").expect("key");
+        assert_eq!(format!("{key:?}"), "TokenKey(***)");
+        // Known answer: HKDF-SHA256(salt, ikm = mtoken, info) then HMAC-SHA256, computed
+        // independently with Python's hmac/hashlib (see docs/signing.md for the recipe).
+        assert_eq!(key.mac(&claims()), KNOWN_MAC);
+        // The key is not the raw master token: HMAC keyed by the mtoken itself differs.
+        let raw =
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"0123456789abcdef0123456789abcdef");
+        let raw_tag = ring::hmac::sign(&raw, ferry_mac_message(&claims()).as_bytes());
+        assert_ne!(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw_tag.as_ref()),
+            KNOWN_MAC
+        );
+    }
+
+    const KNOWN_MAC: &str = "9ajMiLd2Q-9ds-XU4HhMDTZvOuuanK6spr-LkQKsSfQ";
+
+    #[test]
+    fn mac_sign_and_verify() {
+        let key = TokenKey::derive("worker-1-secret").expect("key");
+        let other = TokenKey::derive("worker-2-secret").expect("key");
+        let c = claims();
+        let auth = mac_auth(&c, &key);
+        assert_eq!(auth.ferry_mac.as_deref().map(str::len), Some(43));
+        key.verify(&auth, 1_999_999_999).expect("valid");
+        assert_eq!(
+            key.verify(&auth, 2_000_000_000),
+            Err(TokenError::Expired {
+                exp: 2_000_000_000,
+                now: 2_000_000_000
+            })
+        );
+        // Another worker's key: refused.
+        assert_eq!(other.verify(&auth, 0), Err(TokenError::BadSignature));
+
+        // Every claim is bound.
+        let tampered: [fn(&mut AuthData); 7] = [
+            |a| a.cost = Cost::Number(1.0),
+            |a| a.cost = Cost::Text("lots".into()),
+            |a| a.ferry_exp = a.ferry_exp.map(|e| e + 1),
+            |a| a.request_idx += 1,
+            |a| a.reqnum += 1,
+            |a| a.url.push('/'),
+            |a| a.endpoint.push('x'),
+        ];
+        for t in tampered {
+            let mut a = auth.clone();
+            t(&mut a);
+            assert_eq!(key.verify(&a, 0), Err(TokenError::BadSignature), "{a:?}");
+        }
+        // Cost as text is rebuilt as its number.
+        let mut text = auth.clone();
+        text.cost = Cost::Text("100".into());
+        key.verify(&text, 0).expect("text cost");
+
+        // Only the canonical spelling of the tag: no padding, no standard alphabet, no
+        // truncation, no extra bytes, no flipped trailing bits.
+        let tag = auth.ferry_mac.clone().expect("mac");
+        let mut spellings = vec![
+            format!("{tag}="),
+            tag.replace('-', "+").replace('_', "/"),
+            tag[..42].to_string(),
+            format!("{tag}AA"),
+            String::new(),
+        ];
+        let last = tag.as_bytes()[42];
+        // The 43rd character carries 2 unused bits; another character with the same top
+        // 4 bits decodes to the same bytes and must still be refused.
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let pos = alphabet.iter().position(|&b| b == last).expect("alphabet");
+        let twin = alphabet[(pos & !3) | ((pos + 1) & 3)] as char;
+        spellings.push(format!("{}{twin}", &tag[..42]));
+        for s in spellings {
+            if s == tag {
+                continue;
+            }
+            let mut a = auth.clone();
+            a.ferry_mac = Some(s.clone());
+            assert_eq!(key.verify(&a, 0), Err(TokenError::BadSignature), "{s}");
+        }
+
+        let mut missing = auth.clone();
+        missing.ferry_mac = None;
+        assert_eq!(key.verify(&missing, 0), Err(TokenError::Missing));
+        missing = auth.clone();
+        missing.ferry_exp = None;
+        assert_eq!(key.verify(&missing, 0), Err(TokenError::Missing));
+        assert_eq!(TokenError::NoKey.code(), "token_no_key");
+    }
+
+    /// Old and new tokens never stand in for each other.
+    #[test]
+    fn v1_and_v2_tokens_are_not_interchangeable() {
+        let rsa = test_key();
+        let public = rsa.public_key();
+        let key = TokenKey::derive("worker-1-secret").expect("key");
+        let c = claims();
+        // A v1 checker (RSA) given only a MAC: the token is missing, not valid.
+        let v2 = mac_auth(&c, &key);
+        assert_eq!(public.verify_ferry(&v2, 0), Err(TokenError::Missing));
+        // The MAC moved into ferry_sig: not an RSA signature.
+        let mut moved = auth_for(&c, v2.ferry_mac.clone());
+        assert_eq!(
+            public.verify_ferry(&moved, 0),
+            Err(TokenError::BadSignature)
+        );
+        // A v2 checker given only an RSA token: missing; an RSA signature moved into
+        // ferry_mac: refused.
+        let v1 = auth_for(&c, Some(rsa.sign_ferry(&c).expect("sign")));
+        assert_eq!(key.verify(&v1, 0), Err(TokenError::Missing));
+        moved = auth_for(&c, None);
+        moved.ferry_mac = v1.ferry_sig.clone();
+        assert_eq!(key.verify(&moved, 0), Err(TokenError::BadSignature));
     }
 }

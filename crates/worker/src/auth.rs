@@ -1,5 +1,7 @@
 //! Request authentication: the control plane's public key, Vast's signature check, and Ferry's
-//! optional stronger token.
+//! optional stronger token: v2 (`ferry_mac`, HMAC-SHA256 under a key derived from this worker's
+//! master token, a microsecond) or v1 (`ferry_sig`, RSA, from control planes that predate v2 or
+//! do not know this worker checks v2). See docs/signing.md for the compatibility rule.
 //!
 //! Vast signs only `{"url": ...}` with RSA PKCS#1 v1.5, which is deterministic: every route to
 //! this worker carries the same signature until the key changes. So a verified (url, signature)
@@ -11,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use ferry_protocol::{AuthData, PublicKey, TokenError};
+use ferry_protocol::{AuthData, PublicKey, TokenError, TokenKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::load::Tracker;
@@ -52,18 +54,34 @@ impl AuthError {
     }
 }
 
-/// The key and the caches that go with it.
+/// The keys and the caches that go with them.
 #[derive(Debug, Default)]
 pub struct KeyStore {
     key: ArcSwapOption<PublicKey>,
+    /// This worker's v2 token key, from its master token (`None` without one).
+    mac: Option<TokenKey>,
     verified: Mutex<HashSet<(String, String)>>,
     used_tokens: Mutex<HashMap<String, u64>>,
 }
 
 impl KeyStore {
-    /// A store with no key yet.
+    /// A store with no key yet and no v2 token key.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A store with no public key yet, checking v2 tokens with the key derived from
+    /// `master_token` (none if it is empty).
+    pub fn with_master_token(master_token: &str) -> Arc<Self> {
+        Arc::new(Self {
+            mac: TokenKey::derive(master_token),
+            ..Self::default()
+        })
+    }
+
+    /// Whether this worker checks v2 tokens (it says so in its reports as `ferry_mac`).
+    pub fn checks_mac(&self) -> bool {
+        self.mac.is_some()
     }
 
     /// Installs (or replaces) the key.
@@ -94,11 +112,19 @@ impl KeyStore {
             return Err(AuthError::NoKey);
         };
         self.check_vast_signature(key, &auth.url, &auth.signature)?;
-        let has_token = auth.ferry_sig.is_some() || auth.ferry_exp.is_some();
+        let has_token =
+            auth.ferry_mac.is_some() || auth.ferry_sig.is_some() || auth.ferry_exp.is_some();
         if !has_token && !require_token {
             return Ok(());
         }
-        match key.verify_ferry(auth, now_unix) {
+        // A v2 token decides when present (its MAC covers the same claims as a v1 signature);
+        // otherwise the v1 token, as before v2 existed.
+        let verdict = match (&auth.ferry_mac, &self.mac) {
+            (Some(_), Some(mac)) => mac.verify(auth, now_unix),
+            (Some(_), None) => Err(TokenError::NoKey),
+            (None, _) => key.verify_ferry(auth, now_unix),
+        };
+        match verdict {
             Ok(()) => {}
             Err(TokenError::Expired { .. }) if in_session => {}
             Err(e) => return Err(AuthError::Token(e)),
@@ -127,8 +153,10 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Remembers the verified token until its expiry, refusing it if already seen. The v2 tag
+    /// has one accepted spelling ([`TokenKey::verify`]); the v1 signature is keyed as sent.
     fn use_once(&self, auth: &AuthData, now_unix: u64) -> Result<(), AuthError> {
-        let Some(sig) = auth.ferry_sig.as_ref() else {
+        let Some(sig) = auth.ferry_mac.as_ref().or(auth.ferry_sig.as_ref()) else {
             return Err(AuthError::Token(TokenError::Missing));
         };
         let exp = auth.ferry_exp.unwrap_or(0);

@@ -91,7 +91,8 @@ impl Worker {
         // Install the metrics recorder before the state registers its metric handles.
         let _ = telemetry::handle();
         let tracker = load::Tracker::new(settings.report_buffer);
-        let state = AppState::new(settings, tracker, auth::KeyStore::new());
+        let keys = auth::KeyStore::with_master_token(settings.master_token.expose());
+        let state = AppState::new(settings, tracker, keys);
         Ok(Worker { state, http, grace })
     }
 

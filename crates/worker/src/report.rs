@@ -45,6 +45,11 @@ pub struct Reporter {
     disk: DiskUsage,
     /// Joined with a token (a Ferry control plane): reads directives from report answers.
     joined: bool,
+    /// Has a master token, so it checks v2 tokens (`ferry_mac`).
+    checks_mac: bool,
+    /// A report answer said the control plane issues v2 tokens: from then on the reports say
+    /// this worker checks them. Vast's control plane never says so, so it never sees the key.
+    announce_mac: bool,
 }
 
 impl Reporter {
@@ -63,6 +68,8 @@ impl Reporter {
             tracker,
             disk: DiskUsage::new(),
             joined: settings.join_token.is_some(),
+            checks_mac: !settings.master_token.expose().is_empty(),
+            announce_mac: false,
         }
     }
 
@@ -132,6 +139,7 @@ impl Reporter {
             working_request_idxs: snap.working_request_idxs.clone(),
             url: self.url.clone(),
             cold: snap.cold,
+            ferry_mac: self.checks_mac && self.announce_mac,
         }
     }
 
@@ -144,11 +152,13 @@ impl Reporter {
             Posted::Accepted(answer) => {
                 self.tracker.status_sent(snap);
                 self.disk.commit();
-                if self.joined {
-                    // Ferry's answer carries the cold directive; any other body means none.
-                    if let Ok(a) = serde_json::from_slice::<StatusAnswer>(&answer) {
+                // Ferry's answer carries the cold directive and the v2-token offer; any other
+                // body means neither.
+                if let Ok(a) = serde_json::from_slice::<StatusAnswer>(&answer) {
+                    if self.joined {
                         self.tracker.set_cold(a.cold);
                     }
+                    self.announce_mac = a.ferry_mac;
                 }
                 true
             }

@@ -24,6 +24,7 @@ impl Control {
         Ok(StatusAnswer {
             success: true,
             cold,
+            ferry_mac: true,
         })
     }
 

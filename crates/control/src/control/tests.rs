@@ -441,3 +441,63 @@ async fn a_group_its_provider_could_never_launch_is_refused_with_the_reason() {
     };
     assert!(control.update_workergroup(local, &to_vast).await.is_err());
 }
+
+/// The token each grant carries follows what the worker's reports say it checks: a v2
+/// `ferry_mac` under the key derived from its own master token if it announces `ferry_mac`, else
+/// (an older Ferry worker, or before its first announcement) a v1 RSA `ferry_sig`; never both.
+#[tokio::test(start_paused = true)]
+async fn grants_carry_the_token_the_worker_announces() {
+    use ferry_protocol::{PublicKey, TokenKey};
+    let f = fixture(EndpointPatch {
+        cold_workers: Some(1),
+        ..EndpointPatch::default()
+    })
+    .await;
+    let spec = f.one_ready_worker().await;
+    let public = PublicKey::from_pem(f.control.pubkey_pem()).unwrap();
+    let mine = TokenKey::derive(&spec.mtoken).unwrap();
+    let now = crate::control::unix_now() as u64;
+    let report = |mac: bool| {
+        let answer = f
+            .control
+            .worker_status(&WorkerStatus {
+                id: spec.worker_id,
+                mtoken: spec.mtoken.clone(),
+                loadtime: 1.0,
+                max_perf: 100.0,
+                url: format!("http://127.0.0.1:{}", 20000 + spec.worker_id),
+                ferry_mac: mac,
+                ..WorkerStatus::default()
+            })
+            .unwrap();
+        // Every answer offers v2 tokens.
+        assert!(answer.ferry_mac);
+    };
+    let grant = |idx: u64| match f.route(idx) {
+        RouteOutcome::Ready(g) => g.into_auth_data(),
+        RouteOutcome::Waiting(w) => panic!("waiting: {w:?}"),
+    };
+
+    // Not announced (an older worker): v1, which such a worker checks.
+    let g = grant(0);
+    assert!(g.ferry_mac.is_none());
+    public.verify_ferry(&g, now).unwrap();
+
+    // Announced: v2 under this worker's key only.
+    report(true);
+    let g = grant(0);
+    assert!(g.ferry_sig.is_none());
+    mine.verify(&g, now).unwrap();
+    let other = TokenKey::derive("someone-else").unwrap();
+    assert!(other.verify(&g, now).is_err());
+    assert_eq!(
+        public.verify_ferry(&g, now),
+        Err(ferry_protocol::TokenError::Missing)
+    );
+
+    // The worker was replaced by an older binary (its reports stop announcing): v1 again.
+    report(false);
+    let g = grant(0);
+    assert!(g.ferry_mac.is_none());
+    public.verify_ferry(&g, now).unwrap();
+}

@@ -283,6 +283,11 @@ impl Registry {
         Some((w.url.clone(), sig))
     }
 
+    /// The key for `worker`'s v2 tokens, if its reports say it checks them.
+    pub fn mac_key(&self, worker: i64) -> Option<std::sync::Arc<ferry_protocol::TokenKey>> {
+        self.workers.get(&worker)?.mac_key.clone()
+    }
+
     /// Caches the signature of `url` for `worker`, if that is still its URL.
     pub fn cache_signature(&mut self, worker: i64, url: &str, signature: String) {
         if let Some(w) = self.workers.get_mut(&worker) {

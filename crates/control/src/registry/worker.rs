@@ -2,8 +2,9 @@
 //! ([`WorkerInfo`]). Its fields change only through the [`Registry`](super::Registry).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use ferry_protocol::WorkerStatus;
+use ferry_protocol::{TokenKey, WorkerStatus};
 use serde::{Deserialize, Serialize};
 
 use super::Origin;
@@ -138,6 +139,9 @@ pub struct WorkerRec {
     /// Cached `signature` for `url`.
     #[serde(skip)]
     pub(super) signature: Option<(String, String)>,
+    /// Its v2 token key (from `mtoken`), while its reports say it checks `ferry_mac`.
+    #[serde(skip)]
+    pub(super) mac_key: Option<Arc<TokenKey>>,
 }
 
 /// A worker as the API lists it (the fields vastai's `Worker` reads). Fields in
@@ -214,6 +218,7 @@ impl WorkerRec {
             pending: HashMap::new(),
             reqnum: 0,
             signature: None,
+            mac_key: None,
         }
     }
 
@@ -312,6 +317,12 @@ impl WorkerRec {
         self.cur_load_rolling_avg = 0.9 * self.cur_load_rolling_avg + 0.1 * self.cur_load;
         self.reqs_working = s.num_requests_working;
         self.disk_usage = s.disk_usage;
+        if s.ferry_mac != self.mac_key.is_some() {
+            self.mac_key = s
+                .ferry_mac
+                .then(|| TokenKey::derive(&self.mtoken).map(Arc::new))
+                .flatten();
+        }
         if !s.url.is_empty() && s.url != self.url {
             self.url = s.url.clone();
             self.signature = None;

@@ -10,7 +10,9 @@ mod dispatch;
 
 pub use choose::{choose, endpoint_queue_time, Candidate};
 
-use ferry_protocol::{FerryClaims, RouteReady, RouteWaiting};
+use std::sync::Arc;
+
+use ferry_protocol::{FerryClaims, RouteReady, RouteWaiting, TokenKey};
 use serde_json::Map;
 
 use crate::autoscale::status_line;
@@ -29,6 +31,8 @@ struct Grant {
     url: String,
     signature: Option<String>,
     reqnum: u64,
+    /// The worker's v2 token key, if it checks `ferry_mac`; else it gets an RSA `ferry_sig`.
+    mac_key: Option<Arc<TokenKey>>,
 }
 
 impl Control {
@@ -89,7 +93,10 @@ impl Control {
         Ok(RouteOutcome::Ready(Box::new(ready)))
     }
 
-    /// The signed grant: the URL signature (cached per worker URL) and Ferry's token.
+    /// The signed grant: the URL signature (cached per worker URL) and Ferry's token: a v2
+    /// `ferry_mac` (HMAC-SHA256, about a microsecond) for a worker that announced it checks
+    /// them, else a v1 `ferry_sig` (RSA-2048, about a millisecond), which every Ferry worker
+    /// checks. Never both. See docs/signing.md.
     fn sign(
         &self,
         grant: Grant,
@@ -119,14 +126,14 @@ impl Control {
             url: grant.url,
             ferry_exp: Some(exp),
             ferry_sig: None,
+            ferry_mac: None,
             extra: Map::new(),
         };
-        let sig = self
-            .shared
-            .key
-            .sign_ferry(&FerryClaims::for_route(&ready, exp))
-            .map_err(signing)?;
-        ready.ferry_sig = Some(sig);
+        let claims = FerryClaims::for_route(&ready, exp);
+        match grant.mac_key {
+            Some(key) => ready.ferry_mac = Some(key.mac(&claims)),
+            None => ready.ferry_sig = Some(self.shared.key.sign_ferry(&claims).map_err(signing)?),
+        }
         tracing::debug!(request_idx = idx, worker = grant.worker, url = %ready.url, "routed");
         Ok(ready)
     }
@@ -187,6 +194,7 @@ impl State {
             url,
             signature,
             reqnum,
+            mac_key: self.registry.mac_key(worker),
         })
     }
 }

@@ -15,6 +15,42 @@ async fn call_worker(http: &reqwest::Client, grant: &Value, payload: Value) -> r
         .unwrap()
 }
 
+/// A real worker and control plane settle on v2 tokens: once the worker's reports announce
+/// `ferry_mac` (after the control plane's answer offered it), its grants carry a `ferry_mac`
+/// and no RSA `ferry_sig`; the worker serves them and refuses one whose cost was changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_and_control_plane_switch_to_mac_tokens() {
+    let cp = Cp::start(InProc::new(SimConfig::default(), false), Opts::default()).await;
+    let (_ep, key, _) = cp
+        .endpoint("macs", json!({"cold_workers": 1, "max_workers": 1}))
+        .await;
+    // Poll one request (a delivered grant polled again is re-routed with a fresh grant) until
+    // the worker has announced v2.
+    let mut idx = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
+    let grant = loop {
+        let r = cp.route("macs", &key, 10.0, idx).await;
+        idx = r["request_idx"].as_u64().unwrap_or(idx);
+        if r.get("ferry_mac").is_some() {
+            break r;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no v2 grant: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(grant.get("ferry_sig").is_none(), "{grant}");
+    assert_eq!(grant["ferry_mac"].as_str().unwrap().len(), 43);
+    let payload = json!({"model": "m", "prompt": "hi", "max_tokens": 1});
+    let mut cheaper = grant.clone();
+    cheaper["cost"] = json!(0.5);
+    let res = call_worker(&cp.http, &cheaper, payload.clone()).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["code"],
+        "token_bad_signature"
+    );
+    assert_eq!(call_worker(&cp.http, &grant, payload).await.status(), 200);
+}
+
 /// Scale up from zero on a queued request; waiting answer then served; route → worker call →
 /// reports → delete_requests; same request_idx never counted twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,10 +100,14 @@ async fn queued_request_scales_from_zero_and_completes() {
         "endpoint",
         "__request_id",
         "ferry_exp",
-        "ferry_sig",
     ] {
         assert!(grant.get(k).is_some(), "missing {k} in {grant}");
     }
+    // Ferry's token: v1 (RSA) until the worker's reports announce v2, then v2; never both.
+    assert!(
+        grant.get("ferry_sig").is_some() != grant.get("ferry_mac").is_some(),
+        "one Ferry token in {grant}"
+    );
     let pem = reqwest::get(format!("{}/pubkey/", cp.url))
         .await
         .unwrap()

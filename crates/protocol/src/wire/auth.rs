@@ -42,7 +42,8 @@ impl From<f64> for Cost {
 /// Vast's worker requires the six keys `cost endpoint reqnum request_idx signature url` and
 /// ignores the rest; Ferry keeps the rest in [`AuthData::extra`] (for instance `__request_id`),
 /// so that re-serializing — e.g. to answer `/session/get`, or to compare `session_auth` — gives
-/// the object back whole. `ferry_exp`/`ferry_sig` carry Ferry's optional token (see
+/// the object back whole. `ferry_exp` with `ferry_mac` (v2) or `ferry_sig` (v1) carry Ferry's
+/// optional token (see
 /// [`crate::token`]); if they are present but of the wrong type they are left in `extra` and the
 /// token counts as missing, because Vast never fails a request over a key it does not know.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,8 +62,10 @@ pub struct AuthData {
     pub url: String,
     /// Ferry token expiry, Unix seconds.
     pub ferry_exp: Option<u64>,
-    /// Ferry token signature, base64.
+    /// Ferry v1 token: RSA signature, base64.
     pub ferry_sig: Option<String>,
+    /// Ferry v2 token: HMAC-SHA256 tag under the worker's [`crate::TokenKey`], base64url.
+    pub ferry_mac: Option<String>,
     /// Every other key, verbatim. Must not repeat the keys above; serialization skips any that do.
     pub extra: Map<String, Value>,
 }
@@ -260,6 +263,10 @@ impl AuthData {
             Some(Value::String(_)) => obj.remove("ferry_sig").and_then(string),
             _ => None,
         };
+        let ferry_mac = match obj.get("ferry_mac") {
+            Some(Value::String(_)) => obj.remove("ferry_mac").and_then(string),
+            _ => None,
+        };
 
         Ok(AuthData {
             cost,
@@ -270,6 +277,7 @@ impl AuthData {
             url,
             ferry_exp,
             ferry_sig,
+            ferry_mac,
             extra: obj,
         })
     }
@@ -293,6 +301,9 @@ impl AuthData {
         if let Some(sig) = &self.ferry_sig {
             obj.insert("ferry_sig".into(), sig.clone().into());
         }
+        if let Some(mac) = &self.ferry_mac {
+            obj.insert("ferry_mac".into(), mac.clone().into());
+        }
         for (k, v) in &self.extra {
             if !obj.contains_key(k) {
                 obj.insert(k.clone(), v.clone());
@@ -311,6 +322,7 @@ impl AuthData {
         match key {
             "ferry_exp" => self.ferry_exp.is_some(),
             "ferry_sig" => self.ferry_sig.is_some(),
+            "ferry_mac" => self.ferry_mac.is_some(),
             _ => AuthData::REQUIRED.contains(&key),
         }
     }
@@ -331,6 +343,9 @@ impl Serialize for AuthData {
         }
         if let Some(sig) = &self.ferry_sig {
             map.serialize_entry("ferry_sig", sig)?;
+        }
+        if let Some(mac) = &self.ferry_mac {
+            map.serialize_entry("ferry_mac", mac)?;
         }
         for (k, v) in &self.extra {
             if !self.is_emitted(k) {
@@ -478,6 +493,20 @@ mod tests {
         v["ferry_sig"] = json!(1);
         let auth = AuthData::from_value(&v).expect("valid");
         assert_eq!((auth.ferry_exp, auth.ferry_sig.as_ref()), (None, None));
+        assert_eq!(serde_json::to_value(&auth).expect("ser"), v);
+
+        // The v2 token field, alone or beside v1's; mistyped, it stays in `extra`.
+        let mut v = sample();
+        v["ferry_exp"] = json!(1_700_000_000u64);
+        v["ferry_mac"] = json!("tag");
+        let auth = AuthData::from_value(&v).expect("valid");
+        assert_eq!(auth.ferry_mac.as_deref(), Some("tag"));
+        assert!(auth.ferry_sig.is_none() && !auth.extra.contains_key("ferry_mac"));
+        assert_eq!(serde_json::to_value(&auth).expect("ser"), v);
+        assert_eq!(auth.to_value(), v);
+        v["ferry_mac"] = json!(["tag"]);
+        let auth = AuthData::from_value(&v).expect("valid");
+        assert!(auth.ferry_mac.is_none());
         assert_eq!(serde_json::to_value(&auth).expect("ser"), v);
     }
 

@@ -126,6 +126,13 @@ pub struct WorkerStatus {
         skip_serializing_if = "std::ops::Not::not"
     )]
     pub cold: bool,
+    /// Ferry: the worker checks v2 tokens (`ferry_mac`, see [`crate::TokenKey`]), so the control
+    /// plane may send it those instead of RSA `ferry_sig`s. Sent only when true.
+    #[serde(
+        deserialize_with = "or_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub ferry_mac: bool,
 }
 
 /// Ferry's answer to `POST /worker_status/` (Vast answers with a body nobody reads; Ferry's
@@ -138,6 +145,10 @@ pub struct StatusAnswer {
     /// Directive for a joined worker: stay cold (stop taking requests, report not ready) while
     /// true, warm up when false.
     pub cold: bool,
+    /// This control plane issues v2 tokens (`ferry_mac`) to workers whose reports say they
+    /// check them ([`WorkerStatus::ferry_mac`]). Sent only when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ferry_mac: bool,
 }
 
 /// A request's final state in `/delete_requests/`.
@@ -375,6 +386,7 @@ mod tests {
             working_request_idxs: vec![7, 8, 9],
             url: "https://1.2.3.4:5".into(),
             cold: false,
+            ferry_mac: false,
         };
         let text = serde_json::to_string(&s).expect("ser");
         assert_eq!(
@@ -383,6 +395,15 @@ mod tests {
         );
         let back: WorkerStatus = serde_json::from_str(&text).expect("de");
         assert_eq!(back, s);
+        // The capability is sent only when set, last.
+        let v2 = WorkerStatus {
+            ferry_mac: true,
+            ..s
+        };
+        let text = serde_json::to_string(&v2).expect("ser");
+        assert!(text.ends_with(r#","url":"https://1.2.3.4:5","ferry_mac":true}"#));
+        let back: WorkerStatus = serde_json::from_str(&text).expect("de");
+        assert!(back.ferry_mac);
     }
 
     #[test]

@@ -55,9 +55,12 @@ pub struct RouteReady {
     /// Ferry token expiry, Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ferry_exp: Option<u64>,
-    /// Ferry token signature.
+    /// Ferry v1 token: RSA signature (for workers that do not announce `ferry_mac`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ferry_sig: Option<String>,
+    /// Ferry v2 token: HMAC-SHA256 tag under the chosen worker's [`crate::TokenKey`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ferry_mac: Option<String>,
     /// Any other keys, kept so the object reaches the worker whole.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
@@ -79,6 +82,7 @@ impl RouteReady {
             url: self.url,
             ferry_exp: self.ferry_exp,
             ferry_sig: self.ferry_sig,
+            ferry_mac: self.ferry_mac,
             extra,
         }
     }
@@ -224,6 +228,7 @@ mod tests {
         let mut v = ready();
         v["ferry_exp"] = json!(1_700_000_000u64);
         v["ferry_sig"] = json!("sig");
+        v["ferry_mac"] = json!("mac");
         v["future_key"] = json!([1]);
         let r: RouteReady = serde_json::from_value(v.clone()).expect("de");
         assert_eq!(r.extra.get("future_key"), Some(&json!([1])));

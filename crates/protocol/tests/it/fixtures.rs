@@ -119,6 +119,7 @@ fn ferry_tokens_match_python() {
             url: c.url.clone(),
             ferry_exp: Some(c.exp),
             ferry_sig: Some(case.signature.clone()),
+            ferry_mac: None,
             extra: Map::new(),
         };
         if let Some(before) = c.exp.checked_sub(1) {

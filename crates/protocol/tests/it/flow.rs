@@ -22,6 +22,7 @@ fn route_answer_to_verified_worker_request() {
         url: url.into(),
         ferry_exp: None,
         ferry_sig: None,
+        ferry_mac: None,
         extra: Default::default(),
     };
     let exp = 1_800_000_000;

@@ -28,6 +28,8 @@ pub struct Recorded {
     pub delete_posts: Arc<Mutex<Vec<DeleteRequests>>>,
     pub down: Arc<AtomicBool>,
     pub pubkey_hits: Arc<Mutex<u32>>,
+    /// Answer reports as a Ferry control plane that issues v2 tokens (`ferry_mac`) would.
+    pub offers_mac: Arc<AtomicBool>,
 }
 
 /// A fake control plane: `/pubkey/`, `/worker_status/`, `/delete_requests/`.
@@ -60,6 +62,11 @@ impl FakeControlPlane {
             rec,
             stop,
         }
+    }
+
+    /// Answers reports with `{"success": true, "ferry_mac": true}` from now on.
+    pub fn offer_mac(&self) {
+        self.rec.offers_mac.store(true, Ordering::SeqCst);
     }
 
     pub fn set_down(&self, down: bool) {
@@ -96,12 +103,19 @@ async fn pubkey(State(rec): State<Recorded>) -> (StatusCode, String) {
     (StatusCode::OK, key().public_key().to_pem())
 }
 
-async fn status(State(rec): State<Recorded>, Json(body): Json<WorkerStatus>) -> StatusCode {
+async fn status(
+    State(rec): State<Recorded>,
+    Json(body): Json<WorkerStatus>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     if rec.down.load(Ordering::SeqCst) {
-        return StatusCode::SERVICE_UNAVAILABLE;
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     rec.statuses.lock().unwrap().push(body);
-    StatusCode::OK
+    if rec.offers_mac.load(Ordering::SeqCst) {
+        return Json(json!({"success": true, "ferry_mac": true})).into_response();
+    }
+    StatusCode::OK.into_response()
 }
 
 async fn delete(State(rec): State<Recorded>, Json(body): Json<DeleteRequests>) -> StatusCode {

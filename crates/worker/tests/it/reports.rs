@@ -51,6 +51,45 @@ async fn loading_worker_sends_a_heartbeat_with_every_field() {
     w.stop().await;
 }
 
+/// The worker says it checks v2 tokens (`ferry_mac`) only after a report answer offers them:
+/// Vast's control plane, which never does, never sees the key.
+#[tokio::test]
+async fn ferry_mac_is_announced_only_when_offered() {
+    let cp = FakeControlPlane::start().await;
+    let sim = SimServer::start(SimConfig::default()).await.unwrap();
+    let w = TestWorker::start(
+        &cp.url,
+        &sim.url(),
+        &["--assume-loaded-perf", "100", "--heartbeat-s", "1"],
+    )
+    .await;
+    eventually(|| async { cp.statuses().len() >= 2 }).await;
+    assert!(cp.statuses().iter().all(|s| !s.ferry_mac));
+    cp.offer_mac();
+    eventually(|| async { cp.statuses().iter().any(|s| s.ferry_mac) }).await;
+    w.stop().await;
+
+    // Without a master token there is no key to check with: never announced.
+    let cp = FakeControlPlane::start().await;
+    cp.offer_mac();
+    let w = TestWorker::start(
+        &cp.url,
+        &sim.url(),
+        &[
+            "--assume-loaded-perf",
+            "100",
+            "--heartbeat-s",
+            "1",
+            "--master-token",
+            "",
+        ],
+    )
+    .await;
+    eventually(|| async { cp.statuses().len() >= 3 }).await;
+    assert!(cp.statuses().iter().all(|s| !s.ferry_mac));
+    w.stop().await;
+}
+
 #[tokio::test]
 async fn control_plane_outage_loses_no_report() {
     let cp = FakeControlPlane::start().await;

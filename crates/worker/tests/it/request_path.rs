@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use ferry_protocol::{FerryClaims, RequestStatus};
+use ferry_protocol::{FerryClaims, RequestStatus, TokenKey};
 use ferry_sim::{SimConfig, SimServer};
 use serde_json::{json, Value};
 
@@ -385,6 +385,104 @@ async fn ferry_token_expiry_and_replay_are_enforced_when_required() {
     let mut tampered = grant(203, now + 60);
     tampered["auth_data"]["cost"] = json!(1.0);
     assert_eq!(w.post("/v1/completions", &tampered).await.status(), 401);
+}
+
+/// v2 tokens (`ferry_mac`, HMAC under a key derived from the worker's master token): accepted,
+/// bound to every claim and to this worker's key, single use when required; v1 (RSA) tokens
+/// from an older control plane still work; a worker without a master token refuses v2.
+#[tokio::test]
+async fn ferry_mac_tokens_and_compatibility() {
+    let (_cp, _sim, w) = setup(SimConfig::default(), &["--require-ferry-token", "true"]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |idx: u64, exp: u64| FerryClaims {
+        url: PUBLIC_URL.to_string(),
+        endpoint: "test-endpoint".to_string(),
+        request_idx: idx,
+        reqnum: idx,
+        cost: 100.0,
+        exp,
+    };
+    // The harness's worker runs with --master-token mtoken-secret.
+    let mine = TokenKey::derive("mtoken-secret").unwrap();
+    let v2 = |key: &TokenKey, idx: u64, exp: u64| {
+        let mut b = body(PUBLIC_URL, idx, json!({"prompt": "x", "max_tokens": 1}));
+        b["auth_data"]["ferry_exp"] = json!(exp);
+        b["auth_data"]["ferry_mac"] = json!(key.mac(&claims(idx, exp)));
+        b
+    };
+    let code = |res: reqwest::Response| async move {
+        let status = res.status().as_u16();
+        let v = res.json::<Value>().await.unwrap_or_default();
+        (status, v["code"].as_str().unwrap_or_default().to_string())
+    };
+
+    let good = v2(&mine, 501, now + 60);
+    assert_eq!(w.post("/v1/completions", &good).await.status(), 200);
+    assert_eq!(
+        code(w.post("/v1/completions", &good).await).await,
+        (401, "token_replay".into())
+    );
+    let expired = v2(&mine, 502, now - 1);
+    assert_eq!(
+        code(w.post("/v1/completions", &expired).await).await,
+        (401, "token_expired".into())
+    );
+    // Another worker's key (another master token): refused.
+    let theirs = TokenKey::derive("another-workers-secret").unwrap();
+    assert_eq!(
+        code(w.post("/v1/completions", &v2(&theirs, 503, now + 60)).await).await,
+        (401, "token_bad_signature".into())
+    );
+    // A tampered cost or request_idx: refused.
+    let mut cheaper = v2(&mine, 505, now + 60);
+    cheaper["auth_data"]["cost"] = json!(1.0);
+    assert_eq!(w.post("/v1/completions", &cheaper).await.status(), 401);
+    let mut moved = v2(&mine, 506, now + 60);
+    moved["auth_data"]["request_idx"] = json!(507);
+    assert_eq!(w.post("/v1/completions", &moved).await.status(), 401);
+    // Token stripped down to its expiry: missing, not a plain Vast grant.
+    let mut stripped = v2(&mine, 508, now + 60);
+    stripped["auth_data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ferry_mac");
+    assert_eq!(
+        code(w.post("/v1/completions", &stripped).await).await,
+        (401, "token_missing".into())
+    );
+
+    // Compatibility: an old control plane's v1 (RSA) token still verifies, once.
+    let mut v1 = body(PUBLIC_URL, 510, json!({"prompt": "x", "max_tokens": 1}));
+    v1["auth_data"]["ferry_exp"] = json!(now + 60);
+    v1["auth_data"]["ferry_sig"] = json!(key().sign_ferry(&claims(510, now + 60)).unwrap());
+    assert_eq!(w.post("/v1/completions", &v1).await.status(), 200);
+    assert_eq!(w.post("/v1/completions", &v1).await.status(), 401);
+    // A MAC moved into ferry_sig is not an RSA signature.
+    let mut swapped = v2(&mine, 511, now + 60);
+    let tag = swapped["auth_data"]["ferry_mac"].take();
+    swapped["auth_data"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ferry_mac");
+    swapped["auth_data"]["ferry_sig"] = tag;
+    assert_eq!(
+        code(w.post("/v1/completions", &swapped).await).await,
+        (401, "token_bad_signature".into())
+    );
+
+    // A worker without a master token cannot check a v2 token: refused, never waved through.
+    let (_cp2, _sim2, bare) = setup(SimConfig::default(), &["--master-token", ""]).await;
+    assert_eq!(
+        code(
+            bare.post("/v1/completions", &v2(&mine, 520, now + 60))
+                .await
+        )
+        .await,
+        (401, "token_no_key".into())
+    );
 }
 
 #[tokio::test]
