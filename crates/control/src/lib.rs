@@ -5,7 +5,8 @@
 //! # What it does
 //!
 //! - Signs: a persistent RSA key (`GET /pubkey/`) signs every route grant the Vast way
-//!   (`signature` over `{"url": ...}`) plus Ferry's expiring token (`ferry_exp`, `ferry_sig`).
+//!   (`signature` over `{"url": ...}`) plus Ferry's expiring token (`ferry_exp` with
+//!   `ferry_mac`, or `ferry_sig` for workers that do not check v2).
 //! - Routes: `/route/` picks the ready worker with the lowest estimated queue time, counting
 //!   load routed since its last report; when none can take the request it is held in a global
 //!   FIFO and served first when capacity appears (see [`route`] and [`queue`]).

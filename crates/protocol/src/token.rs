@@ -2,21 +2,25 @@
 //!
 //! Vast's signature covers only the worker URL, so any signature ever issued for a worker stays
 //! valid for every request to it, forever (vastai dropped replay protection in 2026-01). A Ferry
-//! control plane can add two keys to its `/route/` answer:
+//! control plane adds to its `/route/` answer `"ferry_exp"` (Unix seconds after which the ticket
+//! is dead) and one of:
 //!
-//! - `"ferry_exp"`: Unix seconds after which the ticket is dead;
-//! - `"ferry_sig"`: base64 RSA PKCS#1 v1.5 / SHA-256 signature, by the same key, over
-//!   [`ferry_message`] of the ticket's fields.
+//! - `"ferry_mac"` (v2): HMAC-SHA256 under the chosen worker's [`TokenKey`], derived with HKDF
+//!   from the master token only that worker and the control plane know; unpadded URL-safe
+//!   base64 of the tag over [`ferry_mac_message`]. About a microsecond either way.
+//! - `"ferry_sig"` (v1): base64 RSA PKCS#1 v1.5 / SHA-256 signature, by the control plane's key,
+//!   over [`ferry_message`]. For workers that have not announced v2 (docs/signing.md has the
+//!   compatibility rule and the security argument).
 //!
 //! Vast's Python client forwards the whole `/route/` answer as `auth_data`, and Vast's worker
 //! ignores keys it does not know, so the token passes through unmodified clients and workers;
 //! a Ferry worker configured to require it can then bound a ticket's life and bind it to its
 //! `endpoint`, `request_idx`, `reqnum` and `cost`.
 //!
-//! The signed message is
+//! The authenticated message is (`N` = 1 for `ferry_sig`, 2 for `ferry_mac`)
 //!
 //! ```text
-//! ferry-token-v1\n{url}\n{endpoint}\n{request_idx}\n{reqnum}\n{cost_milli}\n{exp}
+//! ferry-token-vN\n{url}\n{endpoint}\n{request_idx}\n{reqnum}\n{cost_milli}\n{exp}
 //! ```
 //!
 //! - integers in decimal, no sign, no leading zeros;

@@ -4,7 +4,7 @@
 //! "replay_timeout"}` with the endpoint's key as Bearer, in the body, or as `?api_key=` (the
 //! official client sends all three). It answers either the signed grant
 //! `{"__request_id", "cost", "endpoint", "reqnum", "request_idx", "signature", "url",
-//! "ferry_exp", "ferry_sig"}` or the waiting body `{"endpoint", "status", "request_idx",
+//! "ferry_exp", "ferry_mac" or "ferry_sig"}` or the waiting body `{"endpoint", "status", "request_idx",
 //! "__request_id"}`; errors are Vast's `400 {"error": "Invalid endpoint or missing required
 //! parameters"}` and `401 {"error": "Authentication failed"}`.
 //!
