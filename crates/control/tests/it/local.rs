@@ -362,6 +362,33 @@ async fn grants_are_strict_between_ferry_control_and_its_workers() {
         401,
         "a grant without its token"
     );
+
+    // Once the workers' reports announce v2 (after the control plane's first answer), grants
+    // carry an HMAC `ferry_mac` and no RSA `ferry_sig`, under the same rules.
+    let v2 = crate::harness::until_some(|| async {
+        let g = fleet.grant(0).await;
+        if g.get("ferry_mac").is_some() {
+            return Some(g);
+        }
+        call(http, &g, wa).await;
+        None
+    })
+    .await;
+    assert!(v2.get("ferry_sig").is_none(), "{v2}");
+    assert_eq!(
+        call(http, &v2, wb).await,
+        401,
+        "a v2 grant at another worker"
+    );
+    assert_eq!(call(http, &v2, wa).await, 200);
+    assert_eq!(call(http, &v2, wa).await, 401, "the same v2 grant twice");
+    let mut stripped = fleet.grant(0).await;
+    stripped.as_object_mut().unwrap().remove("ferry_mac");
+    assert_eq!(
+        call(http, &stripped, wa).await,
+        401,
+        "a v2 grant without its MAC"
+    );
     fleet.stop();
 }
 
