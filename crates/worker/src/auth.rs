@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use ferry_protocol::{AuthData, PublicKey, TokenError, TokenKey};
+use ferry_protocol::{ferry_message, AuthData, FerryClaims, PublicKey, TokenError, TokenKey};
 use tokio_util::sync::CancellationToken;
 
 use crate::load::Tracker;
@@ -154,14 +154,25 @@ impl KeyStore {
     }
 
     /// Remembers the verified token until its expiry, refusing it if already seen. The v2 tag
-    /// has one accepted spelling ([`TokenKey::verify`]); the v1 signature is keyed as sent.
+    /// has one accepted spelling ([`TokenKey::verify`]), so it is its own key. The v1 signature
+    /// is decoded leniently (Python's `b64decode` skips stray characters), so many spellings
+    /// verify: it is keyed by the message it signs, which is canonical.
     fn use_once(&self, auth: &AuthData, now_unix: u64) -> Result<(), AuthError> {
-        let Some(sig) = auth.ferry_mac.as_ref().or(auth.ferry_sig.as_ref()) else {
-            return Err(AuthError::Token(TokenError::Missing));
-        };
         let exp = auth.ferry_exp.unwrap_or(0);
+        let sig = match (&auth.ferry_mac, &auth.ferry_sig) {
+            (Some(mac), _) => mac.clone(),
+            (None, Some(_)) => ferry_message(&FerryClaims {
+                url: auth.url.clone(),
+                endpoint: auth.endpoint.clone(),
+                request_idx: auth.request_idx,
+                reqnum: auth.reqnum,
+                cost: auth.cost.as_f64().unwrap_or_default(),
+                exp,
+            }),
+            (None, None) => return Err(AuthError::Token(TokenError::Missing)),
+        };
         let mut used = self.used_tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if used.contains_key(sig) {
+        if used.contains_key(&sig) {
             return Err(AuthError::Replay(auth.request_idx));
         }
         if used.len() >= REPLAY_MAX {
@@ -171,7 +182,7 @@ impl KeyStore {
                 return Err(AuthError::Replay(auth.request_idx));
             }
         }
-        used.insert(sig.clone(), exp);
+        used.insert(sig, exp);
         Ok(())
     }
 }

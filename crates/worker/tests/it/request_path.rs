@@ -460,6 +460,18 @@ async fn ferry_mac_tokens_and_compatibility() {
     v1["auth_data"]["ferry_sig"] = json!(key().sign_ferry(&claims(510, now + 60)).unwrap());
     assert_eq!(w.post("/v1/completions", &v1).await.status(), 200);
     assert_eq!(w.post("/v1/completions", &v1).await.status(), 401);
+    // The RSA signature is decoded leniently (Python's b64decode skips stray characters), so a
+    // respelled copy still verifies: it is still the same grant, used twice.
+    let mut respelled = v1.clone();
+    let sig = respelled["auth_data"]["ferry_sig"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    respelled["auth_data"]["ferry_sig"] = json!(format!("{sig}!"));
+    assert_eq!(
+        code(w.post("/v1/completions", &respelled).await).await,
+        (401, "token_replay".into())
+    );
     // A MAC moved into ferry_sig is not an RSA signature.
     let mut swapped = v2(&mine, 511, now + 60);
     let tag = swapped["auth_data"]["ferry_mac"].take();
