@@ -125,8 +125,13 @@ class Plane:
     """One row: `replicas` x `ferry control` on one store, N joined workers, maybe behind nginx."""
 
     def __init__(self, ferry: str, label: str, store: str, replicas: int, balanced: bool, workers: int,
-                 pg_dir=None):
+                 pg_dir=None, wrap=(), light=None):
+        """`wrap` prefixes the replicas' command (valgrind, say); with `light`, only that many
+        workers report an empty queue and the others a long one (routes then go to the light
+        ones, whatever the fleet's size)."""
         self.label, self.store, self.replicas, self.balanced = label, store, replicas, balanced
+        self.wrap, self.light = list(wrap), light
+        self.workers: list[dict] = []
         self.pg_dir = pg_dir if store != "sqlite" else None
         self.procs: list[subprocess.Popen] = []
         self.dirs: list[str] = []
@@ -146,7 +151,7 @@ class Plane:
         for i, port in enumerate(ports):
             d = tempfile.mkdtemp(prefix="ferry-route-scale-")
             self.dirs.append(d)
-            args = [ferry, "control", "--listen", f"127.0.0.1:{port}", "--state-dir", d,
+            args = self.wrap + [ferry, "control", "--listen", f"127.0.0.1:{port}", "--state-dir", d,
                     "--api-key", KEY, "--stale-after-s", "3600", "--idle-stop-after-s", "86400",
                     "--pending-ttl-s", "5", "--max-connections", "4096"]
             if store != "sqlite":
@@ -169,7 +174,7 @@ class Plane:
         self.join(workers)
 
     def wait_health(self, i: int) -> dict:
-        deadline = time.time() + 60
+        deadline = time.time() + (600 if self.wrap else 60)
         while True:
             try:
                 return call("GET", f"{self.urls[i]}/health", timeout=2)
@@ -203,7 +208,7 @@ class Plane:
             time.sleep(0.2)
 
     def join(self, workers: int):
-        ep = call("POST", f"{self.front}/api/v0/endptjobs/", {
+        ep = self.endpoint_id = call("POST", f"{self.front}/api/v0/endptjobs/", {
             "endpoint_name": "scale", "max_workers": workers + 10, "cold_workers": workers,
             "inactivity_timeout": -1, "max_queue_time": 1e9, "target_queue_time": 1e9,
         }, KEY)["result"]
@@ -216,10 +221,13 @@ class Plane:
             via = self.urls[i % len(self.urls)]
             url = f"http://127.0.{1 + i // 250}.{1 + i % 250}:3000"
             j = call("POST", f"{via}/join/", {"token": token, "url": url})
-            call("POST", f"{via}/worker_status/", {
+            heavy = self.light is not None and i >= self.light
+            report = {
                 "id": j["worker_id"], "mtoken": j["mtoken"], "loadtime": 1.0, "max_perf": 1e9,
-                "cur_load": 0.0, "url": url, "version": "bench",
-            })
+                "cur_load": 1e12 if heavy else 0.0, "url": url, "version": "bench",
+            }
+            call("POST", f"{via}/worker_status/", report)
+            self.workers.append(dict(report, via=via))
         self.join_s = time.time() - t0
         ready = [w for w in call("POST", f"{self.front}/get_endpoint_workers/", {"id": ep, "api_key": KEY})
                  if w["status"] == "idle"]
@@ -254,12 +262,14 @@ class Plane:
                 for url, p in zip(self.urls, self.procs)}
         return f
 
-    def bench(self, ferry: str, concurrency: int, seconds: int) -> dict:
+    def bench(self, ferry: str, concurrency: int, seconds: int, requests=None) -> dict:
+        """`ferry bench` on `/route/` for `seconds`, or for `requests` routes."""
         payload = json.dumps({"endpoint": "scale", "api_key": self.endpoint_key, "cost": 1})
+        stop = ["-n", str(requests)] if requests else ["--duration", f"{seconds}s"]
         out = subprocess.run(
             [ferry, "bench", "--direct", f"{self.front}/route/", "-p", payload, "-c", str(concurrency),
-             "--duration", f"{seconds}s", "--json", "--progress-interval", "0"],
-            capture_output=True, text=True, timeout=seconds + 120,
+             *stop, "--json", "--progress-interval", "0"],
+            capture_output=True, text=True, timeout=seconds + 120 if not requests else 3600,
         )
         if out.returncode != 0:
             raise SystemExit(f"ferry bench failed ({self.label}): {out.stderr[-2000:]}")

@@ -17,6 +17,7 @@
 //! (`MASTER_TOKEN`), both assigned at launch. A ready report from a known worker
 //! re-registers it as `idle`, which is how workers re-converge after a control-plane restart.
 
+mod index;
 mod worker;
 
 pub use worker::{WorkerInfo, WorkerRec, WorkerState};
@@ -59,10 +60,14 @@ pub const LOAD_DEADLINE_S: f64 = 3600.0;
 /// - A report or a finished list counts only with the worker's own `mtoken`; an unknown id and
 ///   a wrong token get the same answer.
 /// - The cached URL signature always belongs to the worker's current URL.
+/// - The routing index holds exactly the workers routable by their record, at their current
+///   queue time, except ones a route found stale and that have not reported since: every
+///   method that changes a record re-keys it ([`index`]).
 #[derive(Debug)]
 pub struct Registry {
     workers: BTreeMap<i64, WorkerRec>,
     next_id: i64,
+    index: index::RouteIndex,
 }
 
 impl Registry {
@@ -91,6 +96,7 @@ impl Registry {
             }
         }
         Registry {
+            index: index::RouteIndex::build(workers.values()),
             workers,
             next_id: loaded.kv_parsed(KV_NEXT_WORKER_ID).unwrap_or(1001),
         }
@@ -143,7 +149,25 @@ impl Registry {
         if changed {
             self.persist(id, store);
         }
+        self.reindex(id);
         changed
+    }
+
+    /// Re-keys a worker in the routing index after a change to its record.
+    fn reindex(&mut self, id: i64) {
+        match self.workers.get(&id) {
+            Some(w) => self.index.sync(w),
+            None => self.index.forget(id),
+        }
+    }
+
+    /// Applies `f` to a worker without persisting it (load and routing-only changes), then
+    /// re-keys it.
+    fn touch(&mut self, id: i64, f: impl FnOnce(&mut WorkerRec)) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            f(w);
+            self.index.sync(w);
+        }
     }
 
     /// Registers a new worker in `creating` with a fresh id and master token.
@@ -161,6 +185,7 @@ impl Registry {
         let w = WorkerRec::new(id, mtoken, origin, unix, mono);
         self.workers.insert(id, w);
         self.persist(id, store);
+        self.reindex(id);
         id
     }
 
@@ -218,6 +243,7 @@ impl Registry {
         if self.authentic(s.id, &s.mtoken)?.apply_status(s, unix, mono) {
             self.persist(s.id, store);
         }
+        self.reindex(s.id);
         Ok(())
     }
 
@@ -233,6 +259,7 @@ impl Registry {
         for idx in idxs {
             w.pending.remove(&idx);
         }
+        self.reindex(id);
         Ok(())
     }
 
@@ -243,14 +270,39 @@ impl Registry {
         w.reqnum += 1;
         w.pending.insert(idx, (cost, mono));
         w.last_busy = mono;
-        Some(w.reqnum)
+        let reqnum = w.reqnum;
+        self.reindex(worker);
+        Some(reqnum)
     }
 
     /// Takes a request's load off a worker (the request was re-routed or abandoned).
     pub fn release(&mut self, worker: i64, idx: u64) {
-        if let Some(w) = self.workers.get_mut(&worker) {
+        self.touch(worker, |w| {
             w.pending.remove(&idx);
-        }
+        });
+    }
+
+    /// The worker a request of `endpoint_id` goes to: the eligible one with the lowest
+    /// estimated queue time, exact ties broken at random, workers at the URLs in `skip` left
+    /// out (see [`crate::route::choose`]). Does not scan the endpoint's workers: it reads the
+    /// front of the routing index, dropping from it the stale workers it meets.
+    pub fn choose(
+        &mut self,
+        endpoint_id: i64,
+        skip: &[String],
+        max_queue_time: f64,
+        (mono, stale_after): (f64, f64),
+        rng: &mut impl rand::Rng,
+    ) -> Option<i64> {
+        self.index.choose(
+            &self.workers,
+            endpoint_id,
+            skip,
+            max_queue_time,
+            mono,
+            stale_after,
+            rng,
+        )
     }
 
     /// The workers of an endpoint as the router sees them, minus the URLs in `skip`.
@@ -358,26 +410,26 @@ impl Registry {
     /// A rolling update takes a worker out of routing: no new requests, but the ones already
     /// routed to it stay counted until they finish (see `autoscale::rollout`).
     pub fn draining(&mut self, id: i64, mono: f64) {
-        if let Some(w) = self.workers.get_mut(&id) {
+        self.touch(id, |w| {
             w.set_state(WorkerState::Stopping, mono);
-        }
+        });
     }
 
     /// A cancelled rolling update puts a worker it took out of routing back.
     pub fn undrain(&mut self, id: i64, mono: f64) {
-        if let Some(w) = self.workers.get_mut(&id) {
+        self.touch(id, |w| {
             if w.state == WorkerState::Stopping {
                 w.set_state(WorkerState::Idle, mono);
             }
-        }
+        });
     }
 
     /// The autoscaler is stopping a worker: no more load is counted on it.
     pub fn stopping(&mut self, id: i64, mono: f64) {
-        if let Some(w) = self.workers.get_mut(&id) {
+        self.touch(id, |w| {
             w.set_state(WorkerState::Stopping, mono);
             w.pending.clear();
-        }
+        });
     }
 
     /// The provider's stop returned: `stopped` (if still stopping) or `error`.
@@ -409,12 +461,16 @@ impl Registry {
                 out.push(w.id);
             }
         }
+        for id in &out {
+            self.reindex(*id);
+        }
         out
     }
 
     /// Forgets a destroyed worker.
     pub fn remove(&mut self, id: i64, store: &dyn Store) {
         self.workers.remove(&id);
+        self.index.forget(id);
         store.delete(Kind::Worker, id);
     }
 
@@ -468,8 +524,13 @@ impl Registry {
     /// stuck past [`LOAD_DEADLINE_S`].
     pub fn housekeep(&mut self, mono: f64, stale_after: f64, pending_ttl: f64, store: &dyn Store) {
         let mut failed = Vec::new();
+        let mut expired = Vec::new();
         for w in self.workers.values_mut() {
+            let before = w.pending.len();
             w.pending.retain(|_, (_, at)| mono - *at < pending_ttl);
+            if w.pending.len() != before {
+                expired.push(w.id);
+            }
             let silent_too_long =
                 w.state == WorkerState::Idle && w.silence(mono) > 2.0 * stale_after;
             // A joined worker that ran dry of reports may come back (a partition healing).
@@ -491,8 +552,11 @@ impl Registry {
                 failed.push(w.id);
             }
         }
-        for id in failed {
-            self.persist(id, store);
+        for id in &failed {
+            self.persist(*id, store);
+        }
+        for id in expired.into_iter().chain(failed) {
+            self.reindex(id);
         }
     }
 

@@ -165,3 +165,283 @@ fn status_for(id: i64, working: &[u64]) -> WorkerStatus {
         ..WorkerStatus::default()
     }
 }
+
+mod routing_index {
+    //! The routing index against the definition: a scan of every worker ([`best_of`]).
+
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::route::best_of;
+    use crate::store::memory::MemoryStore;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+
+    const STALE: f64 = 30.0;
+    const ENDPOINTS: [i64; 2] = [1, 2];
+
+    fn origin(ep: i64) -> Origin {
+        Origin {
+            endpoint_id: ep,
+            workergroup_id: ep * 10,
+            provider: ProviderKind::Local,
+        }
+    }
+
+    fn ready(id: i64, cur_load: f64, max_perf: f64, url: u8, working: &[u64]) -> WorkerStatus {
+        WorkerStatus {
+            id,
+            mtoken: format!("t{id}"),
+            loadtime: 1.0,
+            max_perf,
+            cur_load,
+            url: format!("http://10.0.0.{url}:1"),
+            working_request_idxs: working.to_vec(),
+            ..WorkerStatus::default()
+        }
+    }
+
+    /// What the scan would pick from: the tie set, after the same exclusions.
+    fn expected(r: &Registry, ep: i64, skip: &[String], mqt: f64, mono: f64) -> Vec<i64> {
+        best_of(&r.candidates(ep, skip, mono, STALE), mqt)
+    }
+
+    fn check(r: &Registry, mono: f64) {
+        r.index
+            .check(&r.workers, |w| !w.routable(mono, STALE))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_route_follows_the_lowest_queue_time_and_skips_stale_and_excluded() {
+        let s = MemoryStore::default();
+        let mut r = Registry::restore(&s.loaded(), false);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let a = r.create(origin(1), "ta".into(), 0.0, 0.0, &s);
+        let b = r.create(origin(1), "tb".into(), 0.0, 0.0, &s);
+        let mut st = ready(a, 50.0, 10.0, 1, &[]);
+        st.mtoken = "ta".into();
+        r.report(&st, 1.0, 1.0, &s).unwrap();
+        let mut st = ready(b, 10.0, 10.0, 2, &[]);
+        st.mtoken = "tb".into();
+        r.report(&st, 1.0, 1.0, &s).unwrap();
+        assert_eq!(r.choose(1, &[], 30.0, (2.0, STALE), &mut rng), Some(b));
+        // Load routed to b moves it behind a.
+        r.assign(b, 7, 45.0, 2.0);
+        assert_eq!(r.choose(1, &[], 30.0, (2.0, STALE), &mut rng), Some(a));
+        r.release(b, 7);
+        let skip = ["http://10.0.0.2:1".to_owned()];
+        assert_eq!(r.choose(1, &skip, 30.0, (2.0, STALE), &mut rng), Some(a));
+        // Over max_queue_time: none (a is at 5 s).
+        assert_eq!(r.choose(1, &skip, 4.0, (2.0, STALE), &mut rng), None);
+        // b reports again, a goes stale and leaves the index.
+        let mut st = ready(b, 80.0, 10.0, 2, &[]);
+        st.mtoken = "tb".into();
+        r.report(&st, 20.0, 20.0, &s).unwrap();
+        assert_eq!(r.choose(1, &[], 30.0, (40.0, STALE), &mut rng), Some(b));
+        assert_eq!(r.index.ordered(1), vec![(8_000_000_000, vec![b])]);
+        check(&r, 40.0);
+        assert_eq!(r.choose(2, &[], 30.0, (40.0, STALE), &mut rng), None);
+    }
+
+    #[test]
+    fn ties_spread_even_at_cost_zero() {
+        let s = MemoryStore::default();
+        let mut r = Registry::restore(&s.loaded(), false);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        let ids: Vec<i64> = (0..3)
+            .map(|i| {
+                let id = r.create(origin(1), format!("t{i}"), 0.0, 0.0, &s);
+                let mut st = ready(id, 0.0, 10.0, i as u8, &[]);
+                st.mtoken = format!("t{i}");
+                r.report(&st, 0.0, 0.0, &s).unwrap();
+                id
+            })
+            .collect();
+        let mut seen = std::collections::HashMap::new();
+        for i in 0..300 {
+            let w = r.choose(1, &[], 30.0, (1.0, STALE), &mut rng).unwrap();
+            r.assign(w, i, 0.0, 1.0);
+            *seen.entry(w).or_insert(0) += 1;
+        }
+        for id in ids {
+            let n = seen.get(&id).copied().unwrap_or(0);
+            assert!((50..=150).contains(&n), "{id} chosen {n} times of 300");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A new worker (it reports later).
+        Create {
+            ep: usize,
+        },
+        /// A report: load, throughput, URL, the pending indexes it acknowledges, an error.
+        Report {
+            w: usize,
+            load: u8,
+            perf: u8,
+            url: u8,
+            ack: u8,
+            error: bool,
+        },
+        /// Route a request: choose, then assign it.
+        Route {
+            ep: usize,
+            cost: u8,
+            mqt: u8,
+            skip: Option<u8>,
+        },
+        Release {
+            w: usize,
+            idx: u8,
+        },
+        Finished {
+            w: usize,
+            idx: u8,
+        },
+        Drain {
+            w: usize,
+        },
+        Undrain {
+            w: usize,
+        },
+        Stopping {
+            w: usize,
+        },
+        Doom {
+            w: usize,
+        },
+        Remove {
+            w: usize,
+        },
+        Housekeep,
+        /// Time passes (workers go stale).
+        Wait {
+            s: u8,
+        },
+        /// A restart (the index is rebuilt from the store).
+        Restore {
+            keep_idle: bool,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0..2usize).prop_map(|ep| Op::Create { ep }),
+            6 => (0..8usize, 0..4u8, 0..3u8, 0..3u8, 0..4u8, prop::bool::weighted(0.1)).prop_map(
+                |(w, load, perf, url, ack, error)| Op::Report { w, load, perf, url, ack, error }
+            ),
+            8 => (0..2usize, 0..4u8, 0..4u8, prop::option::weighted(0.2, 0..3u8))
+                .prop_map(|(ep, cost, mqt, skip)| Op::Route { ep, cost, mqt, skip }),
+            2 => (0..8usize, 0..16u8).prop_map(|(w, idx)| Op::Release { w, idx }),
+            2 => (0..8usize, 0..16u8).prop_map(|(w, idx)| Op::Finished { w, idx }),
+            1 => (0..8usize).prop_map(|w| Op::Drain { w }),
+            1 => (0..8usize).prop_map(|w| Op::Undrain { w }),
+            1 => (0..8usize).prop_map(|w| Op::Stopping { w }),
+            1 => (0..8usize).prop_map(|w| Op::Doom { w }),
+            1 => (0..8usize).prop_map(|w| Op::Remove { w }),
+            1 => Just(Op::Housekeep),
+            2 => (0..40u8).prop_map(|s| Op::Wait { s }),
+            1 => any::<bool>().prop_map(|keep_idle| Op::Restore { keep_idle }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Under any sequence of reports, routes, releases, state changes, staleness and
+        /// restarts, the index holds each routable worker at its current queue time, and a
+        /// route picks a worker the full scan would have picked from (or none when it would).
+        #[test]
+        fn the_index_agrees_with_a_full_scan(ops in proptest::collection::vec(op(), 1..120)) {
+            let s = MemoryStore::default();
+            let mut r = Registry::restore(&s.loaded(), false);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let mut ids: Vec<i64> = Vec::new();
+            let mut mono = 0.0;
+            let mut next_idx = 0u64;
+            let pick = |ids: &[i64], w: usize| ids.get(w % ids.len().max(1)).copied();
+            for op in ops {
+                mono += 0.5;
+                match op {
+                    Op::Create { ep } => {
+                        let id = r.create(origin(ENDPOINTS[ep]), String::new(), 0.0, mono, &s);
+                        // The token is the id's, so reports can name it.
+                        let mut w = r.workers.remove(&id).unwrap();
+                        w.mtoken = format!("t{id}");
+                        r.workers.insert(id, w);
+                        ids.push(id);
+                    }
+                    Op::Report { w, load, perf, url, ack, error } => {
+                        let Some(id) = pick(&ids, w) else { continue };
+                        let acked: Vec<u64> = r.workers.get(&id)
+                            .map(|w| w.pending.keys().copied().take(ack as usize).collect())
+                            .unwrap_or_default();
+                        let mut st = ready(id, f64::from(load) * 5.0, f64::from(perf) * 10.0, url, &acked);
+                        if error {
+                            st.error_msg = "boom".into();
+                        }
+                        let _ = r.report(&st, mono, mono, &s);
+                    }
+                    Op::Route { ep, cost, mqt, skip } => {
+                        let ep = ENDPOINTS[ep];
+                        let skip: Vec<String> = skip.map(|u| format!("http://10.0.0.{u}:1")).into_iter().collect();
+                        let mqt = [0.0, 1.0, 5.0, f64::INFINITY][mqt as usize];
+                        let want = expected(&r, ep, &skip, mqt, mono);
+                        let got = r.choose(ep, &skip, mqt, (mono, STALE), &mut rng);
+                        match got {
+                            None => prop_assert!(want.is_empty(), "none, but the scan has {want:?}"),
+                            Some(id) => prop_assert!(want.contains(&id), "{id} not in {want:?}"),
+                        }
+                        if let Some(id) = got {
+                            next_idx += 1;
+                            r.assign(id, next_idx, f64::from(cost) * 2.5, mono);
+                        }
+                    }
+                    Op::Release { w, idx } => {
+                        if let Some(id) = pick(&ids, w) { r.release(id, u64::from(idx)); }
+                    }
+                    Op::Finished { w, idx } => {
+                        if let Some(id) = pick(&ids, w) {
+                            let _ = r.finished(id, &format!("t{id}"), [u64::from(idx)]);
+                        }
+                    }
+                    Op::Drain { w } => { if let Some(id) = pick(&ids, w) { r.draining(id, mono); } }
+                    Op::Undrain { w } => { if let Some(id) = pick(&ids, w) { r.undrain(id, mono); } }
+                    Op::Stopping { w } => { if let Some(id) = pick(&ids, w) { r.stopping(id, mono); } }
+                    Op::Doom { w } => {
+                        if let Some(id) = pick(&ids, w) { r.doom(|x| x.id == id, mono); }
+                    }
+                    Op::Remove { w } => {
+                        if let Some(id) = pick(&ids, w) { r.remove(id, &s); }
+                    }
+                    Op::Housekeep => r.housekeep(mono, STALE, 10.0, &s),
+                    Op::Wait { s } => mono += f64::from(s),
+                    Op::Restore { keep_idle } => {
+                        // The store keeps tokens as created; keep ours.
+                        let tokens: Vec<(i64, String)> = r.workers.values().map(|w| (w.id, w.mtoken.clone())).collect();
+                        r = Registry::restore(&s.loaded(), keep_idle);
+                        for (id, t) in tokens {
+                            if let Some(mut w) = r.workers.remove(&id) {
+                                w.mtoken = t;
+                                r.workers.insert(id, w);
+                            }
+                        }
+                        mono = 0.0;
+                    }
+                }
+                if let Err(e) = r.index.check(&r.workers, |w| !w.routable(mono, STALE)) {
+                    prop_assert!(false, "{e}");
+                }
+                // And the front of the order is the scan's choice.
+                for ep in ENDPOINTS {
+                    let want = expected(&r, ep, &[], f64::INFINITY, mono);
+                    let got = r.choose(ep, &[], f64::INFINITY, (mono, STALE), &mut rng);
+                    prop_assert_eq!(got.is_some(), !want.is_empty());
+                    if let Some(id) = got {
+                        prop_assert!(want.contains(&id), "{} not in {:?}", id, want);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -12,8 +12,21 @@
 //! estimated queue time not above the endpoint's `max_queue_time` (an empty worker is always
 //! eligible, so one request bigger than `max_queue_time` still runs somewhere). Among the
 //! eligible, the lowest estimate wins; exact ties are broken at random.
+//!
+//! Queue times compare in whole nanoseconds ([`queue_ticks`]): two estimates that round to the
+//! same nanosecond are a tie (sums of the same costs in another order differ in the last bits).
+//!
+//! [`choose`] is the definition, over a list of every worker. Routing itself does not scan the
+//! fleet: the registry keeps each endpoint's routable workers ordered by these ticks and walks
+//! from the front (`registry/index.rs`); its tests hold it to [`best_of`].
 
 use rand::Rng;
+
+/// A queue time in whole nanoseconds, the unit in which queue times compare. Saturates: an
+/// infinite limit is `i64::MAX`.
+pub fn queue_ticks(seconds: f64) -> i64 {
+    (seconds * 1e9).round() as i64
+}
 
 /// What the router needs to know about one worker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,26 +54,29 @@ impl Candidate {
 
 /// Picks the worker for a request, or `None` when every worker is full or unusable.
 pub fn choose(cands: &[Candidate], max_queue_time: f64, rng: &mut impl Rng) -> Option<i64> {
-    let eligible: Vec<(i64, f64)> = cands
-        .iter()
-        .filter(|c| c.routable && c.max_perf > 0.0)
-        .map(|c| (c.id, c.queue_time()))
-        .filter(|(_, qt)| *qt <= max_queue_time || *qt <= 0.0)
-        .collect();
-    let best = eligible
-        .iter()
-        .map(|(_, qt)| *qt)
-        .fold(f64::INFINITY, f64::min);
-    let ties: Vec<i64> = eligible
-        .iter()
-        .filter(|(_, qt)| (*qt - best).abs() <= 1e-9)
-        .map(|(id, _)| *id)
-        .collect();
+    let ties = best_of(cands, max_queue_time);
     match ties.len() {
         0 => None,
         1 => Some(ties[0]),
         n => Some(ties[rng.gen_range(0..n)]),
     }
+}
+
+/// Every eligible worker with the lowest queue time: the set [`choose`] draws from.
+pub fn best_of(cands: &[Candidate], max_queue_time: f64) -> Vec<i64> {
+    let limit = queue_ticks(max_queue_time);
+    let eligible: Vec<(i64, i64)> = cands
+        .iter()
+        .filter(|c| c.routable && c.max_perf > 0.0)
+        .map(|c| (c.id, queue_ticks(c.queue_time())))
+        .filter(|(_, t)| *t <= limit || *t <= 0)
+        .collect();
+    let best = eligible.iter().map(|(_, t)| *t).min();
+    eligible
+        .iter()
+        .filter(|(_, t)| Some(*t) == best)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 /// Endpoint queue time: total load over total throughput of the ready workers, plus queued

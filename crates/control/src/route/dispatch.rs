@@ -1,9 +1,12 @@
 //! Dispatch: the global queue served in order against the registry.
 //!
 //! Oldest first across all endpoints; once a request of an endpoint finds no worker, later
-//! requests of that endpoint wait too (no overtaking), while other endpoints go on.
+//! requests of that endpoint wait too (no overtaking), while other endpoints go on. Each
+//! request costs a look at the front of its endpoint's routing index ([`Registry::choose`]),
+//! not a scan of its workers.
+//!
+//! [`Registry::choose`]: crate::registry::Registry::choose
 
-use super::choose::choose;
 use crate::control::State;
 use crate::store::Store;
 
@@ -38,8 +41,11 @@ impl State {
                 Some((i, ex)) if i == idx => ex,
                 _ => &[],
             };
-            let cands = self.registry.candidates(ep_id, skip, mono, stale);
-            match choose(&cands, ep.params.max_queue_time, &mut self.rng) {
+            let max_queue_time = ep.params.max_queue_time;
+            match self
+                .registry
+                .choose(ep_id, skip, max_queue_time, (mono, stale), &mut self.rng)
+            {
                 Some(wid) => {
                     if let Some(reqnum) = self.registry.assign(wid, idx, cost, mono) {
                         self.queue.assign(idx, wid, reqnum, store);

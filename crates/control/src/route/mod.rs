@@ -8,7 +8,7 @@
 mod choose;
 mod dispatch;
 
-pub use choose::{choose, endpoint_queue_time, Candidate};
+pub use choose::{best_of, choose, endpoint_queue_time, queue_ticks, Candidate};
 
 use std::sync::Arc;
 
