@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -25,6 +25,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::error::WorkerError;
 use crate::load::{Outcome, RequestGuard};
 use crate::transform::SseReshaper;
+
+/// How long an idle pooled connection to the model server is kept (aiohttp's keep-alive, which
+/// PyWorker uses, is 15 s).
+const POOL_IDLE: Duration = Duration::from_secs(15);
 
 /// The model server client.
 #[derive(Clone, Debug)]
@@ -42,8 +46,12 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect));
         connector.set_nodelay(true);
         connector.enforce_http(true);
+        // The timer is what makes idle connections expire: without one hyper-util only drops
+        // an expired connection when a later checkout trips over it, so the connections of a
+        // saturation run (each with its buffers and task) stayed for good.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(1024)
             .build(connector);
         Self {
