@@ -2,7 +2,7 @@
 callgrind, for a TOML route without a transform (two builds: before and after the feature) and
 with one (pick the completion's text), on plain JSON answers and on SSE streams.
 
-Each case runs the worker under `valgrind --tool=callgrind` twice, serving N_LO and then N_HI
+Each case runs the worker under `valgrind --tool=callgrind` twice (bench/callgrind.py), serving N_LO and then N_HI
 requests in sequence over one keep-alive connection (UNSECURED, in front of `ferry sim-model`),
 and reports (Ir(N_HI) - Ir(N_LO)) / (N_HI - N_LO): start-up and shut-down cancel out. Reports go
 to a closed port with an hour's tick, so background loops add (almost) nothing. Deterministic to
@@ -12,7 +12,11 @@ a few hundred instructions per request; no wall-clock figure is taken.
 
 Rounds (default 3) are interleaved; each line shows every round's figure and their median.
 """
-import http.client, json, os, re, socket, subprocess, sys, tempfile, time
+import json, os, subprocess, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import callgrind as cg  # noqa: E402
 
 before, after, sim_bin = sys.argv[1], sys.argv[2], sys.argv[3]
 rounds = int(sys.argv[4]) if len(sys.argv) > 4 else 3
@@ -29,62 +33,36 @@ pick = { text = "choices.0.text" }
 """
 
 
-def free():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait(p, limit=60):
-    deadline = time.time() + limit
-    while time.time() < deadline:
-        try: socket.create_connection(("127.0.0.1", p)).close(); return
-        except OSError: time.sleep(0.05)
-    raise SystemExit(f"port {p} never opened")
-
-
 def body(i, stream):
     return json.dumps({"auth_data": {"cost": 4, "endpoint": "bench", "reqnum": i, "request_idx": i,
                                      "signature": "x", "url": ""}, "session_id": None,
                        "payload": {"model": "m", "prompt": "hello world", "max_tokens": 4, "stream": stream}})
 
 
-def run(binary, toml, n, stream, mp, tmp):
-    cfg = os.path.join(tmp, "w.toml"); open(cfg, "w").write(toml)
-    out = os.path.join(tmp, f"cg.{os.getpid()}.{time.time_ns()}")
-    wp = free()
-    env = dict(os.environ, WORKER_PORT=str(wp), REPORT_ADDR="http://127.0.0.1:9", CONTAINER_ID="1",
-               UNSECURED="true", MODEL_SERVER_URL=f"http://127.0.0.1:{mp}", FERRY_LISTEN_HOST="127.0.0.1",
-               PUBLIC_IPADDR="127.0.0.1", FERRY_LOG="error", FERRY_NO_SIDE_LISTENER="true",
-               FERRY_REPORT_TICK_MS="3600000", FERRY_HEARTBEAT_S="3600",
-               # What the worker's own re-exec would set; callgrind then measures the one process.
-               FERRY_MALLOC_TUNED="1", GLIBC_TUNABLES="glibc.malloc.mmap_threshold=131072")
-    w = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary,
-                          "--config", cfg, "--assume-loaded-perf", "1000000"],
-                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait(wp)
-    c = http.client.HTTPConnection("127.0.0.1", wp, timeout=60)
-    first = None
-    for i in range(n):
+def request(stream):
+    def send(c, i):
         c.request("POST", "/v1/completions", body(i, stream), {"Content-Type": "application/json"})
         r = c.getresponse(); data = r.read()
         assert r.status == 200, (r.status, data)
-        first = first or data
-    c.close()
-    w.terminate(); w.wait()
-    text = open(out).read()
-    os.unlink(out)
-    return int(re.search(r"^(?:totals|summary): (\d+)", text, re.M).group(1)), first
+        return data
+    return send
 
 
 def per_request(binary, toml, stream, mp, tmp):
-    lo, _ = run(binary, toml, N_LO, stream, mp, tmp)
-    hi, sample = run(binary, toml, N_HI, stream, mp, tmp)
-    return (hi - lo) / (N_HI - N_LO), sample
+    cfg = os.path.join(tmp, "w.toml"); open(cfg, "w").write(toml)
+
+    def run(n):
+        wp = cg.free_port()
+        return cg.count([binary, "--config", cfg, "--assume-loaded-perf", "1000000"],
+                        cg.worker_env(wp, mp), wp, n, request(stream),
+                        os.path.join(tmp, f"cg.{os.getpid()}.{time.time_ns()}"))
+    return cg.per_request(run, N_LO, N_HI)
 
 
-mp = free()
+mp = cg.free_port()
 sim = subprocess.Popen([sim_bin, "sim-model", "--listen", f"127.0.0.1:{mp}"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-wait(mp)
+cg.wait_port(mp)
 try:
     with tempfile.TemporaryDirectory() as tmp:
         cases = [(stream, name, binary, toml) for stream in (False, True)

@@ -17,7 +17,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -25,6 +25,10 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use crate::error::WorkerError;
 use crate::load::{Outcome, RequestGuard};
 use crate::transform::SseReshaper;
+
+/// How long an idle pooled connection to the model server is kept (aiohttp's keep-alive, which
+/// PyWorker uses, is 15 s).
+const POOL_IDLE: Duration = Duration::from_secs(15);
 
 /// The model server client.
 #[derive(Clone, Debug)]
@@ -42,8 +46,12 @@ impl Upstream {
         connector.set_connect_timeout(Some(connect));
         connector.set_nodelay(true);
         connector.enforce_http(true);
+        // The timer is what makes idle connections expire: without one hyper-util only drops
+        // an expired connection when a later checkout trips over it, so the connections of a
+        // saturation run (each with its buffers and task) stayed for good.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(1024)
             .build(connector);
         Self {
@@ -184,25 +192,38 @@ fn classify(e: hyper_util::client::legacy::Error) -> WorkerError {
     }
 }
 
-/// Response headers worth passing to the client: everything end-to-end. Hop-by-hop headers stay
-/// behind (PyWorker copies `Connection: close` through, which makes every client reconnect).
+/// Hop-by-hop headers: they describe one connection and stay behind (PyWorker copies
+/// `Connection: close` through, which makes every client reconnect).
+fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// Response headers worth passing to the client: everything end-to-end.
 pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        let hop = matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "transfer-encoding"
-                | "te"
-                | "trailer"
-                | "upgrade"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-        );
-        if !hop {
+        if !is_hop_by_hop(name) {
             to.append(name.clone(), value.clone());
         }
+    }
+}
+
+/// The model's response headers made fit for the client in place: the hop-by-hop ones removed,
+/// without building a second map (a model server rarely sends any, so this is usually one scan
+/// of the names).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    while let Some(name) = headers.keys().find(|n| is_hop_by_hop(n)).cloned() {
+        headers.remove(&name);
     }
 }
 
@@ -232,7 +253,11 @@ pub struct RelayBody {
     status: StatusCode,
     sse: bool,
     idle: Duration,
+    /// Fires `idle` after the last frame, give or take: a frame only records its time, and the
+    /// timer is moved forward when it goes off early (re-arming a tokio timer on every SSE event
+    /// cost more than relaying the event).
     timer: Pin<Box<Sleep>>,
+    last_frame: Instant,
     /// A last frame to send before the end (an SSE error event, a reshaped stream's tail).
     pending: Option<Bytes>,
     finished: bool,
@@ -266,6 +291,7 @@ impl RelayBody {
             sse,
             idle,
             timer: Box::pin(tokio::time::sleep(idle)),
+            last_frame: Instant::now(),
             pending: None,
             finished: false,
             observer,
@@ -370,6 +396,28 @@ impl RelayBody {
     }
 }
 
+impl RelayBody {
+    /// Waits out the idle timeout, counted from the last frame: a timer that goes off early
+    /// (frames came meanwhile) is moved to `last frame + idle` and waited on again.
+    fn poll_idle(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = self.last_frame + self.idle;
+            if deadline <= Instant::now() {
+                return self.fail(WorkerError::UpstreamTimeout(
+                    "the model server went silent for longer than the idle timeout",
+                ));
+            }
+            self.timer.as_mut().reset(deadline);
+        }
+    }
+}
+
 impl Drop for RelayBody {
     fn drop(&mut self) {
         // The client went away before the end (or the server dropped the response, or a body
@@ -413,8 +461,7 @@ impl Body for RelayBody {
                     if let Some(data) = frame.data_ref() {
                         this.observer.on_chunk(data);
                     }
-                    let deadline = Instant::now() + this.idle;
-                    this.timer.as_mut().reset(deadline);
+                    this.last_frame = Instant::now();
                     // With a known length hyper stops polling after the last byte and drops
                     // the body, so record the outcome as soon as the upstream body says it is
                     // done.
@@ -448,12 +495,7 @@ impl Body for RelayBody {
                         _ => Poll::Ready(None),
                     }
                 }
-                Poll::Pending => match this.timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => this.fail(WorkerError::UpstreamTimeout(
-                        "the model server went silent for longer than the idle timeout",
-                    )),
-                    Poll::Pending => Poll::Pending,
-                },
+                Poll::Pending => this.poll_idle(cx),
             };
         }
     }

@@ -131,6 +131,9 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// Capacity of the finished-record buffer kept once its records are sent.
+const FINISHED_KEEP: usize = 1024;
+
 impl Tracker {
     /// A tracker keeping at most `buffer_limit` unsent finished-request records.
     pub fn new(buffer_limit: usize) -> Self {
@@ -408,6 +411,11 @@ impl Tracker {
         let mut inner = self.lock();
         while inner.finished.front().is_some_and(|(seq, _)| *seq <= last) {
             inner.finished.pop_front();
+        }
+        // A second of saturation leaves room for tens of thousands of records behind; once
+        // they are sent, give it back (a steady load refills a small buffer without growing it).
+        if inner.finished.capacity() > FINISHED_KEEP && inner.finished.len() <= FINISHED_KEEP / 4 {
+            inner.finished.shrink_to(FINISHED_KEEP);
         }
     }
 

@@ -25,10 +25,11 @@ use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::auth::KeyStore;
+use crate::backends::pruned::parse_pruned;
 use crate::backends::Workload;
 use crate::config::Settings;
 use crate::error::WorkerError;
-use crate::forward::{copy_response_headers, is_sse, RelayBody, Upstream};
+use crate::forward::{copy_response_headers, is_sse, strip_hop_by_hop, RelayBody, Upstream};
 use crate::hooks::Hooks;
 use crate::load::{epoch_now, Kind, Outcome, Tracker};
 use crate::sessions::{self, SessionStore};
@@ -62,6 +63,18 @@ struct Shared {
 struct Prepared {
     uri: Option<http::Uri>,
     metrics: RouteMetrics,
+    /// The top-level payload fields the route's workload reads (plus `input`, which the
+    /// preset may unwrap): the payload is parsed only that far. `None`: parse all of it.
+    fields: Option<Vec<String>>,
+}
+
+/// The fields [`Prepared::fields`] holds for a route.
+fn workload_fields(route: &crate::backends::RouteSpec) -> Option<Vec<String>> {
+    let mut fields = vec!["input"];
+    route
+        .workload
+        .top_fields(&mut fields)
+        .then(|| fields.into_iter().map(str::to_owned).collect())
 }
 
 impl AppState {
@@ -87,6 +100,7 @@ impl AppState {
                     Prepared {
                         uri,
                         metrics: RouteMetrics::new(&r.path),
+                        fields: workload_fields(r),
                     },
                 )
             })
@@ -370,24 +384,46 @@ async fn serve(
         // out of range, nesting past serde_json's limit) show up here: the client's fault.
         // The parsed copy of a large payload counts against the budget too.
         budget.merge(state.take_budget(raw.len().saturating_sub(UNBUDGETED_BYTES))?);
-        let parsed: Value = serde_json::from_str(raw).map_err(|e| {
+        let invalid = |e: serde_json::Error| {
             WorkerError::BadRequest(serde_json::json!({"payload": format!("invalid JSON: {e}")}))
-        })?;
-        let (payload, unwrapped) = if settings.preset.unwrap_input {
-            unwrap_input(parsed)
-        } else {
-            (parsed, false)
         };
-        let counted = route.workload.count(&payload);
-        match hooks {
-            None if !unwrapped => (counted, subslice(&bytes, raw)),
-            None => (counted, to_bytes(&payload)?),
-            Some(h) => {
-                let workload = h.workload(path, &payload, counted);
-                let payload = h.prepare(path, payload).map_err(|r| {
-                    WorkerError::BadRequest(serde_json::json!({"error": r.message}))
-                })?;
-                (workload, to_bytes(&payload)?)
+        // Without hooks only the workload looks inside the payload: parse just the fields it
+        // reads and check the rest without building it (`backends::pruned`, same checks as the
+        // full parse). A payload with an `input` object to unwrap takes the full parse.
+        let fields = match state.inner.prepared.get(path) {
+            Some(p) if hooks.is_none() => p.fields.as_deref(),
+            _ => None,
+        };
+        let pruned = match fields {
+            Some(f) => Some(parse_pruned(raw, f).map_err(invalid)?),
+            None => None,
+        };
+        match pruned {
+            Some(p)
+                if !(settings.preset.unwrap_input
+                    && p.get("input").is_some_and(Value::is_object)) =>
+            {
+                (route.workload.count(&p), subslice(&bytes, raw))
+            }
+            _ => {
+                let parsed: Value = serde_json::from_str(raw).map_err(invalid)?;
+                let (payload, unwrapped) = if settings.preset.unwrap_input {
+                    unwrap_input(parsed)
+                } else {
+                    (parsed, false)
+                };
+                let counted = route.workload.count(&payload);
+                match hooks {
+                    None if !unwrapped => (counted, subslice(&bytes, raw)),
+                    None => (counted, to_bytes(&payload)?),
+                    Some(h) => {
+                        let workload = h.workload(path, &payload, counted);
+                        let payload = h.prepare(path, payload).map_err(|r| {
+                            WorkerError::BadRequest(serde_json::json!({"error": r.message}))
+                        })?;
+                        (workload, to_bytes(&payload)?)
+                    }
+                }
             }
         }
     };
@@ -523,12 +559,16 @@ async fn serve(
         ),
         _ => (relay, false),
     };
+    // The model's header map goes to the client as it is, minus the hop-by-hop headers: no
+    // second map, no copied names or values.
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if reshaped {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     let mut response = Response::new(Body::new(relay));
     *response.status_mut() = status;
-    copy_response_headers(&parts.headers, response.headers_mut());
-    if reshaped {
-        response.headers_mut().remove(http::header::CONTENT_LENGTH);
-    }
+    *response.headers_mut() = headers;
     Ok(response)
 }
 

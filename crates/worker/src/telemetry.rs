@@ -143,21 +143,39 @@ impl SseEvents {
         Self::default()
     }
 
-    /// Counts the events in `chunk`, the next piece of the body.
+    /// Counts the events in `chunk`, the next piece of the body. Only a line's first five bytes
+    /// are looked at one by one; the rest of the line is skipped eight bytes at a time (byte by
+    /// byte this cost about 2,000 instructions per relayed event, more than hyper's own work).
     pub fn feed(&mut self, chunk: &[u8]) {
-        for &b in chunk {
-            self.matched = match self.matched {
-                _ if b == b'\n' => Some(0),
-                Some(n) if DATA_PREFIX.get(n) == Some(&b) => {
-                    if n + 1 == DATA_PREFIX.len() {
-                        self.events += 1;
-                        None
+        let mut rest = chunk;
+        loop {
+            match self.matched {
+                Some(n) => {
+                    let Some((&b, tail)) = rest.split_first() else {
+                        return;
+                    };
+                    rest = tail;
+                    self.matched = if b == b'\n' {
+                        Some(0)
+                    } else if DATA_PREFIX.get(n) == Some(&b) {
+                        if n + 1 == DATA_PREFIX.len() {
+                            self.events += 1;
+                            None
+                        } else {
+                            Some(n + 1)
+                        }
                     } else {
-                        Some(n + 1)
-                    }
+                        None
+                    };
                 }
-                _ => None,
-            };
+                None => match find_newline(rest) {
+                    Some(i) => {
+                        rest = &rest[i + 1..];
+                        self.matched = Some(0);
+                    }
+                    None => return,
+                },
+            }
         }
     }
 
@@ -165,6 +183,33 @@ impl SseEvents {
     pub fn count(&self) -> u64 {
         self.events
     }
+}
+
+/// The first `\n` in `s`, eight bytes at a time: a word's bytes that equal `\n` become zero
+/// bytes of `w ^ NL`, and the lowest zero byte of a word is the lowest byte with its high bit
+/// set in `(x - 0x01..) & !x & 0x80..` (a borrow only runs upwards from a zero byte).
+fn find_newline(s: &[u8]) -> Option<usize> {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NL: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut words = s.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let Ok(bytes) = <[u8; 8]>::try_from(word) else {
+            break;
+        };
+        let x = u64::from_le_bytes(bytes) ^ NL;
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| at + i)
 }
 
 /// Watches one relayed response: time to first byte, stream events, outcome, latency.
@@ -221,6 +266,22 @@ impl RelayObserver for RequestObserver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn find_newline_finds_the_first() {
+        let mut s = vec![b'a'; 40];
+        assert_eq!(find_newline(&s), None);
+        for i in 0..40 {
+            s[i] = b'\n';
+            for j in i + 1..40 {
+                s[j] = b'\n';
+                assert_eq!(find_newline(&s), Some(i));
+                s[j] = 0x0b; // the byte just above `\n`, which a borrow could flag
+            }
+            assert_eq!(find_newline(&s[..i + 1]), Some(i));
+            s.fill(b'a');
+        }
+    }
 
     #[test]
     fn sse_events_do_not_depend_on_chunking() {

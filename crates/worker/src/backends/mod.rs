@@ -9,6 +9,7 @@ mod hello;
 mod llamacpp;
 mod openai;
 mod passthrough;
+pub mod pruned;
 mod tgi;
 mod workload;
 

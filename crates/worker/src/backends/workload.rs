@@ -108,6 +108,26 @@ impl Workload {
         }
     }
 
+    /// The top-level payload fields the formula reads, added to `out`; `false` when it may read
+    /// anywhere (ComfyUI's formula walks the workflow).
+    pub fn top_fields<'a>(&'a self, out: &mut Vec<&'a str>) -> bool {
+        match self {
+            Workload::Constant(_) => true,
+            Workload::Field(path) => {
+                if let Some(first) = path.first() {
+                    if !out.contains(&first.as_str()) {
+                        out.push(first);
+                    }
+                }
+                true
+            }
+            Workload::Product(terms) | Workload::FirstOf(terms) => {
+                terms.iter().all(|t| t.top_fields(out))
+            }
+            Workload::Comfy => false,
+        }
+    }
+
     /// The workload of a payload, falling back to Vast's default (100) as PyWorker does when the
     /// calculator fails or yields a non-finite or negative number.
     /// The result is capped at `MAX_WORKLOAD` (10^12), so that sums of hostile values (`1e308`) stay
