@@ -62,6 +62,9 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The fake workers announce the HMAC token (`ferry_mac`, docs/signing.md) like a current
+# `ferry worker`; FERRY_BENCH_TOKEN=v1 keeps them on the RSA token, as an older worker.
+ANNOUNCE_MAC = os.environ.get("FERRY_BENCH_TOKEN", "v2") != "v1"
 KEY = "route-scale-account-key"
 
 
@@ -226,6 +229,9 @@ class Plane:
                 "id": j["worker_id"], "mtoken": j["mtoken"], "loadtime": 1.0, "max_perf": 1e9,
                 "cur_load": 1e12 if heavy else 0.0, "url": url, "version": "bench",
             }
+            if ANNOUNCE_MAC:
+                # As a current ferry worker does: its grants then carry the HMAC token.
+                report["ferry_mac"] = True
             call("POST", f"{via}/worker_status/", report)
             self.workers.append(dict(report, via=via))
         self.join_s = time.time() - t0
