@@ -28,7 +28,7 @@ use crate::transform::SseReshaper;
 
 /// How long an idle pooled connection to the model server is kept (aiohttp's keep-alive, which
 /// PyWorker uses, is 15 s).
-const POOL_IDLE: Duration = Duration::from_secs(15);
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(15);
 
 /// The model server client.
 #[derive(Clone, Debug)]

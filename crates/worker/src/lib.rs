@@ -22,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod heap;
 pub mod hooks;
 pub mod join;
 pub mod load;

@@ -29,6 +29,11 @@ const MAX_BATCH: usize = 1_000;
 /// Vast's own Redis report address, which PyWorker skips for `/delete_requests/`.
 const SKIP_FOR_DELETE: &str = "https://cloud.vast.ai/api/v0";
 
+/// Idle time after activity before the free heap is first returned to the OS
+/// ([`crate::heap`]); it is returned again once idle connections to the model server have
+/// expired ([`crate::forward::POOL_IDLE`]) and freed their buffers.
+const HEAP_QUIET: Duration = Duration::from_secs(5);
+
 /// The reporter: settings it needs, the tracker it reads, and an HTTP client.
 #[derive(Clone)]
 pub struct Reporter {
@@ -76,12 +81,18 @@ impl Reporter {
     /// The status loop; returns when `cancel` fires.
     pub async fn status_loop(mut self, cancel: CancellationToken) {
         let mut last_sent: Option<Instant> = None;
+        let mut trim =
+            crate::heap::HeapTrim::new(&[HEAP_QUIET, crate::forward::POOL_IDLE + HEAP_QUIET]);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.tick) => {}
             }
             let snap = self.tracker.status_snapshot();
+            if trim.observe(snap.num_received, snap.num_working, Instant::now()) {
+                let released = crate::heap::release();
+                tracing::debug!(released, "idle after a burst: free heap returned to the OS");
+            }
             let due = last_sent.is_none_or(|t| t.elapsed() >= self.heartbeat);
             if (snap.update_pending || due) && self.send_status(&snap, &cancel).await {
                 last_sent = Some(Instant::now());

@@ -62,7 +62,7 @@ pub const LOAD_DEADLINE_S: f64 = 3600.0;
 /// - The cached URL signature always belongs to the worker's current URL.
 /// - The routing index holds exactly the workers routable by their record, at their current
 ///   queue time, except ones a route found stale and that have not reported since: every
-///   method that changes a record re-keys it ([`index`]).
+///   method that changes a record re-keys it (`index.rs`).
 #[derive(Debug)]
 pub struct Registry {
     workers: BTreeMap<i64, WorkerRec>,

@@ -5,7 +5,7 @@
 //!   renewal counter. The owner renews it every third of `--lease-ttl-s`. A follower polls it
 //!   five times per lease time and takes it over (a compare-and-set on what it saw) when it
 //!   is free or when it has seen the counter unchanged for a whole lease time on its own
-//!   clock ([`Observer`]); a failed read restarts that count, so a database outage never
+//!   clock (`Observer`); a failed read restarts that count, so a database outage never
 //!   makes a lease look expired the moment the database is back.
 //! - **Owner.** Taking the lease opens the store *after* the take (so it reads everything the
 //!   previous owner committed), fenced by the term: every write-behind commit checks the term
