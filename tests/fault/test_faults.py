@@ -823,14 +823,16 @@ def print_figures(fig: Figures, extra: str = "") -> None:
         print(f"    ASSERTION FAILED: {f}")
 
 
-async def run_one(name, fn, opts, keep: bool) -> Figures:
-    fig = Figures(name)
+async def run_scenario(fig, start, body, close, summary, keep: bool, state_dir, logs) -> None:
+    """One scenario's frame, shared with the HA suite: `start()`, then `body()` within
+    SCENARIO_TIMEOUT, then `close()` whatever happened; any error becomes a failure of `fig`,
+    whose row `summary()` prints. The state dir is removed after a pass unless `keep`; after a
+    failure `logs()` is printed and the dir kept."""
     t0 = time.monotonic()
-    cp = FaultControl(name, *opts.get("extra", ("--stale-after-s", "5")), nofile=opts.get("nofile"))
     err = ""
     try:
-        await cp.start()
-        await asyncio.wait_for(fn(cp, fig), SCENARIO_TIMEOUT)
+        await start()
+        await asyncio.wait_for(body(), SCENARIO_TIMEOUT)
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, KeyboardInterrupt):
             raise
@@ -838,6 +840,25 @@ async def run_one(name, fn, opts, keep: bool) -> Figures:
             err = f"scenario timed out after {SCENARIO_TIMEOUT:.0f} s\n"
         err += traceback.format_exc()
     finally:
+        await close()
+    fig.seconds = time.monotonic() - t0
+    if err:
+        fig.failures.append("error: " + err)
+    fig.ok = not fig.failures
+    print_figures(fig, summary())
+    if fig.ok and not keep:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    else:
+        if not fig.ok:
+            print(logs())
+        print(f"    (state dir kept: {state_dir})", flush=True)
+
+
+async def run_one(name, fn, opts, keep: bool) -> Figures:
+    fig = Figures(name)
+    cp = FaultControl(name, *opts.get("extra", ("--stale-after-s", "5")), nofile=opts.get("nofile"))
+
+    async def close():
         # The final clean stop; then every process of the state dir must be gone.
         extra_scan = {}
         with contextlib.suppress(Exception):
@@ -847,23 +868,15 @@ async def run_one(name, fn, opts, keep: bool) -> Figures:
         for pid, cmd in extra_scan.items():
             cp.leftovers.setdefault(pid, cmd)
             kill_pid(pid)
-    fig.left = len(cp.leftovers)
-    fig.seconds = time.monotonic() - t0
-    if cp.leftovers:
-        fig.failures.append(
-            f"no process of the state dir outlives the final clean stop (left {fig.left}, "
-            "killed now):\n" + "\n".join(f"      {pid}: {cmd[:200]}" for pid, cmd in cp.leftovers.items())
-        )
-    if err:
-        fig.failures.append("error: " + err)
-    fig.ok = not fig.failures
-    print_figures(fig, f"left {fig.left}")
-    if fig.ok and not keep:
-        shutil.rmtree(cp.dir, ignore_errors=True)
-    else:
-        if not fig.ok:
-            print(cp.logs())
-        print(f"    (state dir kept: {cp.dir})", flush=True)
+        fig.left = len(cp.leftovers)
+        if cp.leftovers:
+            fig.failures.append(
+                f"no process of the state dir outlives the final clean stop (left {fig.left}, "
+                "killed now):\n" + "\n".join(f"      {pid}: {cmd[:200]}" for pid, cmd in cp.leftovers.items())
+            )
+
+    await run_scenario(fig, cp.start, lambda: fn(cp, fig), close, lambda: f"left {fig.left}",
+                       keep, cp.dir, cp.logs)  # fmt: skip
     return fig
 
 

@@ -59,7 +59,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -714,33 +713,15 @@ SCENARIOS = [
 
 async def run_one(name, fn, opts, keep: bool) -> HaFigures:
     fig = HaFigures(name)
-    t0 = time.monotonic()
     cl = Cluster(name)
-    err = ""
-    try:
-        await cl.start()
-        await asyncio.wait_for(fn(cl, fig), SCENARIO_TIMEOUT)
-    except BaseException as e:  # noqa: BLE001
-        if isinstance(e, KeyboardInterrupt):
-            raise
-        if isinstance(e, asyncio.TimeoutError):
-            err = f"scenario timed out after {SCENARIO_TIMEOUT:.0f} s\n"
-        err += traceback.format_exc()
-    finally:
-        await cl.close(fig)
-    fig.seconds = time.monotonic() - t0
-    if err:
-        fig.failures.append("error: " + err)
-    fig.ok = not fig.failures
-    fo = f"{fig.failover_s:.2f} s" if fig.failover_s is not None else "-"
-    print_figures(fig, f"double launches {fig.double}, relaunched {fig.relaunched}, "
-                       f"records lost {fig.lost}, failover {fo}")  # fmt: skip
-    if fig.ok and not keep:
-        shutil.rmtree(cl.dir, ignore_errors=True)
-    else:
-        if not fig.ok:
-            print(cl.logs())
-        print(f"    (state dir kept: {cl.dir})", flush=True)
+
+    def summary() -> str:
+        fo = f"{fig.failover_s:.2f} s" if fig.failover_s is not None else "-"
+        return (f"double launches {fig.double}, relaunched {fig.relaunched}, "
+                f"records lost {fig.lost}, failover {fo}")  # fmt: skip
+
+    await faults.run_scenario(fig, cl.start, lambda: fn(cl, fig), lambda: cl.close(fig), summary,
+                              keep, cl.dir, cl.logs)  # fmt: skip
     return fig
 
 
