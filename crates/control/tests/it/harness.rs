@@ -121,20 +121,14 @@ impl Cp {
         key: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(k) = key {
-            r = r.bearer_auth(k);
-        }
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        send(
+            &self.http,
+            method,
+            &format!("{}{path}", self.url),
+            key,
+            body,
         )
+        .await
     }
 
     pub async fn post(&self, path: &str, key: Option<&str>, body: Value) -> (u16, Value) {
@@ -242,4 +236,29 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Sends one request (bearer `key`, JSON `body`) and returns its status and its body as JSON,
+/// or as a JSON string when it is not JSON.
+pub async fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    key: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = http.request(method, url);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::harness::{eventually, key_pem, until_some};
+use crate::harness::{self, eventually, key_pem, until_some};
 use crate::inproc::InProc;
 use crate::pg::{pg_or_skip, PgCluster};
 
@@ -65,20 +65,14 @@ impl Replica {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(ACCT);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        harness::send(
+            &self.http,
+            method,
+            &format!("{}{path}", self.url),
+            Some(ACCT),
+            body,
         )
+        .await
     }
 
     async fn post(&self, path: &str, body: Value) -> (u16, Value) {
