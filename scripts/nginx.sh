@@ -26,6 +26,8 @@
 #   eval "$(scripts/nginx.sh start http://127.0.0.1:8081 http://127.0.0.1:8082)"
 #   trap 'scripts/nginx.sh stop "$NGINX_DIR"' EXIT
 set -euo pipefail
+# shellcheck source=scripts/lib/throwaway.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/throwaway.sh"
 
 die() { echo "nginx: $*" >&2; exit "${2:-1}"; }
 
@@ -107,19 +109,6 @@ cmd_install() {
     fi
 }
 
-# Removes the balancers whose owner (the process that started them) is gone.
-sweep() {
-    local d owner
-    for d in "${TMPDIR:-/tmp}"/ferry-nginx-*/; do
-        [ -f "$d/owner" ] || continue
-        owner=$(cat "$d/owner")
-        if ! kill -0 "$owner" 2>/dev/null; then
-            echo "nginx: removing ${d%/}, left by process $owner" >&2
-            cmd_stop "${d%/}"
-        fi
-    done
-}
-
 write_conf() {
     local dir=$1 port=$2 up
     shift 2
@@ -184,7 +173,7 @@ cmd_start() {
         [[ "$up" =~ $hostport ]] || die "not an upstream URL (http://HOST:PORT): $up" 64
         ups+=("$up")
     done
-    sweep
+    sweep_orphans ferry-nginx- nginx cmd_stop
     dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-nginx-XXXXXX")
     chmod 700 "$dir"
     # The process that asked (a suite's python, a shell) owns the balancer.

@@ -22,6 +22,8 @@
 # PG_BIN overrides where the binaries are. Usage in a Python suite:
 #   eval "$(scripts/pg-cluster.sh start)"; trap 'scripts/pg-cluster.sh remove "$PG_CLUSTER_DIR"' EXIT
 set -euo pipefail
+# shellcheck source=scripts/lib/throwaway.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/throwaway.sh"
 
 die() { echo "pg-cluster: $*" >&2; exit "${2:-1}"; }
 
@@ -98,24 +100,10 @@ cmd_install() {
     fi
 }
 
-# Removes the clusters whose owner (the process that started them) is gone: a test run killed
-# before its clean-up ran leaves its server behind otherwise.
-sweep() {
-    local d owner
-    for d in "${TMPDIR:-/tmp}"/ferry-pg-*/; do
-        [ -f "$d/owner" ] || continue
-        owner=$(cat "$d/owner")
-        if ! kill -0 "$owner" 2>/dev/null; then
-            echo "pg-cluster: removing ${d%/}, left by process $owner" >&2
-            cmd_remove "${d%/}"
-        fi
-    done
-}
-
 cmd_start() {
     local db="${1:-ferry}" bin dir port i
     bin=$(find_bin) || die "PostgreSQL not found (scripts/pg-cluster.sh install, or set PG_BIN)" 3
-    sweep
+    sweep_orphans ferry-pg- pg-cluster cmd_remove
     dir=$(mktemp -d "${TMPDIR:-/tmp}/ferry-pg-XXXXXX")
     chmod 700 "$dir"
     # The process that asked (a test binary, a suite's shell) owns the cluster.
