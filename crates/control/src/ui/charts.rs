@@ -13,8 +13,10 @@ const LEFT: f64 = 44.0;
 const RIGHT: f64 = 10.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 24.0;
-/// The time window shown, seconds.
+/// The longest time span shown, seconds (what the history keeps).
 const WINDOW: f64 = 3600.0;
+/// The shortest, so a fresh endpoint's first samples do not fill the whole width.
+const MIN_SPAN: f64 = 120.0;
 
 /// One line of a chart.
 pub struct Line<'a> {
@@ -26,16 +28,20 @@ pub struct Line<'a> {
     pub value: &'a dyn Fn(&Sample) -> Option<f64>,
 }
 
-/// A chart of `lines` over `samples` ending at `now` (Unix seconds).
+/// A chart of `lines` over `samples` ending at `now` (Unix seconds): the time axis spans the
+/// history there is, from two minutes up to an hour.
 pub fn chart(title: &str, unit: &str, samples: &[Sample], lines: &[Line<'_>], now: f64) -> String {
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
+    let span = samples
+        .first()
+        .map_or(MIN_SPAN, |s| (now - s.unix).clamp(MIN_SPAN, WINDOW));
     let max = samples
         .iter()
         .flat_map(|s| lines.iter().filter_map(|l| (l.value)(s)))
         .fold(0.0_f64, f64::max);
-    let y_max = nice_ceil(max.max(1e-9));
-    let x = |unix: f64| LEFT + ((unix - (now - WINDOW)) / WINDOW).clamp(0.0, 1.0) * pw;
+    let y_max = if max > 0.0 { nice_ceil(max) } else { 1.0 };
+    let x = |unix: f64| LEFT + ((unix - (now - span)) / span).clamp(0.0, 1.0) * pw;
     let y = |v: f64| TOP + ph - (v / y_max).clamp(0.0, 1.0) * ph;
     let mut svg = String::with_capacity(8 * 1024);
     let _ = write!(
@@ -56,8 +62,16 @@ pub fn chart(title: &str, unit: &str, samples: &[Sample], lines: &[Line<'_>], no
             fmt_num(v)
         );
     }
-    for (i, label) in ["-60m", "-45m", "-30m", "-15m", "now"].iter().enumerate() {
-        let xx = LEFT + pw * i as f64 / 4.0;
+    for i in 0..=4 {
+        let xx = LEFT + pw * f64::from(i) / 4.0;
+        let ago = span * f64::from(4 - i) / 4.0;
+        let label = if i == 4 {
+            "now".to_owned()
+        } else if span >= 600.0 {
+            format!("-{:.0}m", ago / 60.0)
+        } else {
+            format!("-{ago:.0}s")
+        };
         let anchor = match i {
             0 => "start",
             4 => "end",
@@ -84,7 +98,7 @@ pub fn chart(title: &str, unit: &str, samples: &[Sample], lines: &[Line<'_>], no
     for l in lines {
         let mut d = String::new();
         let mut pen_down = false;
-        for s in samples.iter().filter(|s| s.unix >= now - WINDOW) {
+        for s in samples.iter().filter(|s| s.unix >= now - span) {
             match (l.value)(s) {
                 Some(v) => {
                     let _ = write!(
@@ -185,6 +199,8 @@ mod tests {
         // One path for the rate (two points, the max 5 at the top right), none for the all-gap line.
         assert_eq!(svg.matches("<path").count(), 1);
         assert!(svg.contains(&format!(" L{:.1},{:.1}", W - RIGHT, TOP)));
+        // Five seconds of history: drawn over the shortest span, labelled in seconds.
+        assert!(svg.contains(">-120s<") && svg.contains(">now<"), "{svg}");
         assert_eq!(nice_ceil(3.2), 5.0);
         assert_eq!(nice_ceil(0.011), 0.02);
         assert_eq!(fmt_num(123.4), "123");

@@ -377,9 +377,9 @@ pub fn endpoint_page(
         r#"<div class="bar"><h1>Endpoint <span id="ep-name">{name}</span></h1><div class="actions"><a class="button" href="/ui/endpoints/{id}/edit" id="edit-endpoint">Edit</a> {delete}</div></div>
 <div data-live="/ui/live/endpoints/{id}">
 <div id="ep-summary">{summary}</div>
-<h2>Last hour</h2><div class="charts" id="ep-charts">{charts}</div>
-<div class="cols"><section><h2>Workers</h2><div id="ep-workers">{workers}</div></section>
-<section><h2>Autoscaler decisions</h2><div id="ep-log" class="logbox" tabindex="0" aria-label="Autoscaler decisions and worker changes, newest first">{log}</div></section></div>
+<h2>History <small class="hint">(up to an hour)</small></h2><div class="charts" id="ep-charts">{charts}</div>
+<h2>Workers</h2><div id="ep-workers">{workers}</div>
+<h2>Autoscaler decisions</h2><div id="ep-log" class="logbox" tabindex="0" aria-label="Autoscaler decisions and worker changes, newest first">{log}</div>
 <h2>Workergroups</h2><div id="ep-groups">{groups}</div>
 </div>"#,
         id = ep.id,
