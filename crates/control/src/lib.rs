@@ -400,4 +400,8 @@ pub(crate) fn announce_key(control: &Control, settings: &Settings) {
         }
     }
     eprintln!("ferry control: listening at {}", settings.public_url);
+    eprintln!(
+        "ferry control: web console at {}/ui/ (sign in with the account API key)",
+        settings.public_url.trim_end_matches('/')
+    );
 }

@@ -46,17 +46,18 @@ pub fn layout(title: &str, signed: Option<&Signed>, msg: Option<&str>, body: &st
         })
         .unwrap_or_default();
     format!(
-        r#"<!doctype html>
+        r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{t} · Ferry console</title>
 <link rel="stylesheet" href="/ui/assets/console.css">
 <script src="/ui/assets/console.js" defer></script>
 </head><body>
+<a class="skip" href="#main">Skip to content</a>
 <header><a class="brand" href="/ui/">Ferry console</a>{nav}</header>
-<main id="main">{msg}
+<main id="main" tabindex="-1">{msg}
 {body}
-</main></body></html>"#,
+</main></body></html>"##,
         t = esc(title),
     )
 }
