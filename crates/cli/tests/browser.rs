@@ -4,7 +4,8 @@
 //!
 //! Signs in (after a wrong key), watches the demo endpoint's workers go from loading to idle
 //! while the load runs, sees a forged CSRF token refused, creates an endpoint through the form
-//! (after a validation error shown next to its field), deletes it, signs out. Screenshots of
+//! (after a validation error shown next to its field), deletes it, signs out; then, against a
+//! control plane whose sessions last 3 s, sees an open page sent to sign in again. Screenshots of
 //! the main pages go to `$FERRY_UI_SCREENSHOTS` (default `target/ui-screenshots`).
 //!
 //! Ignored by default (it needs `chromium` and `chromium-driver`); `scripts/test.sh` installs
@@ -425,7 +426,49 @@ async fn console_in_a_real_browser() {
     b.goto(&console).await;
     assert!(b.url().await.ends_with("/ui/login"));
 
-    let _ = b.cmd(reqwest::Method::DELETE, "", None).await;
+    // An expired session: a control plane whose sessions last 3 s. The open page's next
+    // live refresh after that is refused, and the page goes to the sign-in page, saying why.
     drop(demo);
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("ferry-ui-expiry-{}", std::process::id()));
+    let short = Proc(
+        Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "control",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--api-key",
+                "short-key",
+            ])
+            .arg("--state-dir")
+            .arg(&dir)
+            .args(["--ui-session-ttl-s", "3"])
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ferry control"),
+    );
+    let short_url = format!("http://127.0.0.1:{port}/ui/");
+    b.eventually("the short-session control plane", || async {
+        http.get(format!("{short_url}login")).send().await.is_ok()
+    })
+    .await;
+    b.goto(&short_url).await;
+    b.type_in("#api_key", "short-key").await;
+    b.click("#login button[type=submit]").await;
+    b.eventually("signed in", || async { b.exists("#ep-rows").await })
+        .await;
+    b.eventually("sent back to sign in once the session expired", || async {
+        b.url().await.ends_with("/ui/login?expired=1")
+    })
+    .await;
+    assert!(b.text("#flash").await.contains("Your session has expired"));
+    b.goto(&short_url).await;
+    assert!(b.url().await.ends_with("/ui/login"));
+    drop(short);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let _ = b.cmd(reqwest::Method::DELETE, "", None).await;
     drop(driver);
 }

@@ -66,7 +66,7 @@ type Fields = HashMap<String, String>;
 pub fn router<S: Clone + Send + Sync + 'static>(control: Control) -> Router<S> {
     let ui = Ui {
         control: control.clone(),
-        sessions: Arc::new(Sessions::default()),
+        sessions: Arc::new(Sessions::new(control.settings().ui_session_ttl)),
         history: Arc::new(History::default()),
     };
     control
@@ -300,7 +300,7 @@ async fn login(State(ui): State<Ui>, Form(form): Form<Fields>) -> Response {
     tracing::info!("console sign-in");
     with_cookie(
         redirect("/ui/"),
-        &set_cookie(&signed.token, ui.secure_cookie()),
+        &set_cookie(&signed.token, ui.sessions.ttl(), ui.secure_cookie()),
     )
 }
 

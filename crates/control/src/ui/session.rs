@@ -1,7 +1,7 @@
 //! Console sessions: a random token in an `HttpOnly`, `SameSite=Strict` cookie names a
 //! session held here, in memory, with its own CSRF token that every form that changes
-//! something must echo. Sessions end on sign-out, after [`SESSION_TTL`], or when the control
-//! plane restarts. Bounded: at most [`MAX_SESSIONS`]; opening one more drops the one that
+//! something must echo. Sessions end on sign-out, a lifetime after sign-in
+//! (`--ui-session-ttl-s`, 8 hours by default), or when the control plane restarts. Bounded: at most [`MAX_SESSIONS`]; opening one more drops the one that
 //! would expire first.
 
 use std::collections::HashMap;
@@ -14,8 +14,6 @@ use crate::control::{random_hex, secret_eq};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "ferry_session";
-/// How long a session lasts after sign-in (absolute, not sliding).
-pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// Most sessions held at once.
 pub const MAX_SESSIONS: usize = 256;
 
@@ -47,12 +45,27 @@ struct Entry {
 }
 
 /// The open sessions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sessions {
     map: Mutex<HashMap<String, Entry>>,
+    /// How long a session lasts after sign-in (absolute, not sliding).
+    ttl: Duration,
 }
 
 impl Sessions {
+    /// No session yet; each will last `ttl`.
+    pub fn new(ttl: Duration) -> Sessions {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// How long a session lasts.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         match self.map.lock() {
             Ok(g) => g,
@@ -82,7 +95,7 @@ impl Sessions {
             signed.token.clone(),
             Entry {
                 csrf: signed.csrf.clone(),
-                expires: now + SESSION_TTL.as_secs_f64(),
+                expires: now + self.ttl.as_secs_f64(),
             },
         );
         signed
@@ -142,11 +155,11 @@ pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.trim())
 }
 
-/// The `Set-Cookie` value that opens a session (`secure` when served over HTTPS).
-pub fn set_cookie(token: &str, secure: bool) -> String {
+/// The `Set-Cookie` value that opens a session lasting `ttl` (`secure` when served over HTTPS).
+pub fn set_cookie(token: &str, ttl: Duration, secure: bool) -> String {
     format!(
         "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
-        SESSION_TTL.as_secs(),
+        ttl.as_secs().max(1),
         if secure { "; Secure" } else { "" }
     )
 }
@@ -163,12 +176,12 @@ mod tests {
 
     #[test]
     fn sessions_expire_close_and_stay_bounded() {
-        let s = Sessions::default();
+        let s = Sessions::new(Duration::from_secs(100));
         let a = s.open(0.0);
         assert!(matches!(s.lookup(Some(&a.token), 10.0), Lookup::Valid(x) if x.csrf == a.csrf));
         assert!(matches!(s.lookup(Some("nope"), 10.0), Lookup::Missing));
         assert!(matches!(s.lookup(None, 10.0), Lookup::Missing));
-        let ttl = SESSION_TTL.as_secs_f64();
+        let ttl = 100.0;
         assert!(matches!(s.lookup(Some(&a.token), ttl), Lookup::Expired));
         // Forgotten once seen expired.
         assert!(matches!(s.lookup(Some(&a.token), ttl), Lookup::Missing));
@@ -176,7 +189,7 @@ mod tests {
         s.close(&b.token);
         assert!(matches!(s.lookup(Some(&b.token), 2.0), Lookup::Missing));
         for i in 0..MAX_SESSIONS + 10 {
-            s.open(i as f64);
+            s.open(2.0 + i as f64 / 1000.0);
         }
         assert_eq!(s.len(), MAX_SESSIONS);
         assert!(a.csrf_ok(Some(&a.csrf)));
@@ -193,7 +206,8 @@ mod tests {
         );
         assert_eq!(cookie(&h, COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "c"), None);
-        assert!(set_cookie("t", true).contains("HttpOnly; SameSite=Strict"));
-        assert!(set_cookie("t", true).ends_with("; Secure"));
+        let c = set_cookie("t", Duration::from_secs(60), true);
+        assert!(c.contains("HttpOnly; SameSite=Strict; Max-Age=60"), "{c}");
+        assert!(c.ends_with("; Secure"));
     }
 }

@@ -12,7 +12,6 @@ use axum::http::{header, Request, StatusCode};
 use futures_util::future::BoxFuture;
 use tower_service::Service as _;
 
-use super::session::SESSION_TTL;
 use crate::endpoint::{EndpointPatch, EndpointRef, WorkergroupPatch};
 use crate::provider::{EventSink, LaunchSpec, ProviderError, ProviderEvent};
 use crate::registry::WorkerState;
@@ -253,7 +252,10 @@ async fn sign_in_wrong_key_and_sign_out() {
 async fn a_session_expires() {
     let mut c = Console::start().await;
     let (cookie, _) = c.sign_in().await;
-    tokio::time::advance(SESSION_TTL - Duration::from_secs(1)).await;
+    // The default lifetime: 8 hours.
+    let ttl = c.control.settings().ui_session_ttl;
+    assert_eq!(ttl, Duration::from_secs(8 * 3600));
+    tokio::time::advance(ttl - Duration::from_secs(1)).await;
     assert_eq!(c.get("/ui/", &cookie).await.status, StatusCode::OK);
     tokio::time::advance(Duration::from_secs(2)).await;
     let a = c.get("/ui/", &cookie).await;
