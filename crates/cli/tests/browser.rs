@@ -148,6 +148,13 @@ impl Browser {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(name), png).unwrap();
     }
+    /// Waits until an element matching `css` is on the page (a click's navigation may still be
+    /// under way when the click returns).
+    async fn wait_for(&self, css: &str) {
+        self.eventually(css, || async { self.exists(css).await })
+            .await;
+    }
+
     /// Waits until `f` holds, checking every 250 ms, for at most [`PATIENCE`].
     async fn eventually<F, Fut>(&self, what: &str, mut f: F)
     where
@@ -296,6 +303,7 @@ async fn console_in_a_real_browser() {
     assert!(b.url().await.ends_with("/ui/login"), "{}", b.url().await);
     b.type_in("#api_key", "not-the-key").await;
     b.click("#login button[type=submit]").await;
+    b.wait_for("#err-api_key").await;
     assert!(b.text("#err-api_key").await.contains("Wrong key"));
     b.type_in("#api_key", &key).await;
     b.click("#login button[type=submit]").await;
@@ -353,6 +361,8 @@ async fn console_in_a_real_browser() {
     .await;
     b.size(1280, 1500).await;
     b.screenshot("endpoint.png").await;
+    b.size(390, 1400).await;
+    b.screenshot("endpoint-phone.png").await;
     b.size(1280, 900).await;
     b.click("a.brand").await;
     b.eventually("the list", || async { b.exists("#ep-rows").await })
@@ -371,6 +381,7 @@ async fn console_in_a_real_browser() {
     )
     .await;
     b.click("#submit").await;
+    b.wait_for("#problem").await;
     assert!(b.text("#problem").await.contains("CSRF token mismatch"));
 
     // Create an endpoint through the form: first an invalid value, shown by its field.
@@ -379,6 +390,7 @@ async fn console_in_a_real_browser() {
     b.type_in("#f-target_util", "2").await;
     b.type_in("#f-max_workers", "2").await;
     b.click("#submit").await;
+    b.wait_for("#err-target_util").await;
     assert!(b
         .text("#err-target_util")
         .await

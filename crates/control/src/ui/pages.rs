@@ -112,7 +112,7 @@ pub fn endpoint_rows(snaps: &[Snapshot], history: &History) -> String {
         let (rate, p99) = history.recent(s.endpoint.id);
         let _ = write!(
             out,
-            r#"<tr id="ep-{id}"><th scope="row"><a href="/ui/endpoints/{id}">{name}</a></th><td>{state}</td><td class="states">{counts}</td><td class="num">{rate}</td><td class="num">{queued}</td><td class="num">{p99}</td><td class="num">{gpus}</td></tr>"#,
+            r#"<tr id="ep-{id}"><th scope="row"><a href="/ui/endpoints/{id}">{name}</a></th><td data-label="State">{state}</td><td class="states" data-label="Workers">{counts}</td><td class="num" data-label="Req/s">{rate}</td><td class="num" data-label="Queued">{queued}</td><td class="num" data-label="p99 queue">{p99}</td><td class="num" data-label="Cost (GPU-h/h)">{gpus}</td></tr>"#,
             id = s.endpoint.id,
             name = esc(&s.endpoint.endpoint_name),
             state = esc(&format!("{:?}", s.endpoint.params.endpoint_state).to_lowercase()),
@@ -130,7 +130,7 @@ pub fn endpoint_rows(snaps: &[Snapshot], history: &History) -> String {
 pub fn endpoints_page(signed: &Signed, rows: &str, msg: Option<&str>) -> String {
     let body = format!(
         r#"<div class="bar"><h1>Endpoints</h1><a class="button" href="/ui/endpoints/new" id="new-endpoint">New endpoint</a></div>
-<div class="scroll"><table class="list" data-live="/ui/live/endpoints">
+<div class="scroll"><table class="list cards" data-live="/ui/live/endpoints">
 <thead><tr><th scope="col">Endpoint</th><th scope="col">State</th><th scope="col">Workers</th><th scope="col" class="num">Req/s</th><th scope="col" class="num">Queued</th><th scope="col" class="num" title="p99 of the estimated queue time over 5 minutes">p99 queue</th><th scope="col" class="num" title="running workers: GPU-hours per hour">Cost (GPU-h/h)</th></tr></thead>
 <tbody id="ep-rows">{rows}</tbody></table></div>
 <p class="hint">Updates every 2 s. Req/s over the last {int} s; queue time is the estimated wait (work on ready workers and queued work over their benchmarked throughput).</p>"#,
@@ -237,7 +237,7 @@ pub fn log(text: &str) -> String {
 /// The workers table with stop and resume buttons.
 pub fn workers(list: &[WorkerInfo], signed: &Signed) -> String {
     let mut out = String::from(
-        r#"<div class="scroll"><table class="list workers"><thead><tr><th scope="col">Worker</th><th scope="col">Group</th><th scope="col">State</th><th scope="col" class="num">Load</th><th scope="col" class="num">Working</th><th scope="col" class="num">Perf</th><th scope="col">Error</th><th scope="col">Action</th></tr></thead><tbody>"#,
+        r#"<div class="scroll"><table class="list workers cards"><thead><tr><th scope="col">Worker</th><th scope="col">Group</th><th scope="col">State</th><th scope="col" class="num">Load</th><th scope="col" class="num">Working</th><th scope="col" class="num">Perf</th><th scope="col">Error</th><th scope="col">Action</th></tr></thead><tbody>"#,
     );
     if list.is_empty() {
         out.push_str(r#"<tr><td colspan="8">No worker: the autoscaler starts them when load (or <code>cold_workers</code>) calls for it.</td></tr>"#);
@@ -255,7 +255,7 @@ pub fn workers(list: &[WorkerInfo], signed: &Signed) -> String {
         };
         let _ = write!(
             out,
-            r#"<tr id="worker-{id}"><th scope="row">{id}</th><td>{group}</td><td><span class="pill {cls}">{state}</span></td><td class="num">{load} <small>(avg {avg})</small></td><td class="num">{working}</td><td class="num">{perf}</td><td class="error-msg">{err}</td><td>{action}</td></tr>"#,
+            r#"<tr id="worker-{id}"><th scope="row">{id}</th><td data-label="Group">{group}</td><td data-label="State"><span class="pill {cls}">{state}</span></td><td class="num" data-label="Load">{load} <small>(avg {avg})</small></td><td class="num" data-label="Working">{working}</td><td class="num" data-label="Perf">{perf}</td><td class="error-msg" data-label="Error">{err}</td><td data-label="Action">{action}</td></tr>"#,
             id = w.id,
             group = w.workergroup_id,
             cls = state_class(w.status),
