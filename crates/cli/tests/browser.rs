@@ -5,7 +5,8 @@
 //! Signs in (after a wrong key), watches the demo endpoint's workers go from loading to idle
 //! while the load runs, sees a forged CSRF token refused, creates an endpoint through the form
 //! (after a validation error shown next to its field), deletes it, signs out; then, against a
-//! control plane whose sessions last 3 s, sees an open page sent to sign in again. Screenshots of
+//! control plane whose sessions last 3 s, signs in with the keyboard alone and sees the open
+//! page sent to sign in again when the session expires. Screenshots of
 //! the main pages go to `$FERRY_UI_SCREENSHOTS` (default `target/ui-screenshots`).
 //!
 //! Ignored by default (it needs `chromium` and `chromium-driver`); `scripts/test.sh` installs
@@ -129,6 +130,25 @@ impl Browser {
         let e = self.find(css).await;
         self.post(&format!("/element/{e}/click"), json!({})).await;
     }
+    /// Types `text` on the keyboard, into whatever has the focus (WebDriver key codes allowed:
+    /// U+E007 Enter, U+E004 Tab).
+    async fn keys(&self, text: &str) {
+        let actions: Vec<Value> = text
+            .chars()
+            .flat_map(|c| {
+                [
+                    json!({"type": "keyDown", "value": c.to_string()}),
+                    json!({"type": "keyUp", "value": c.to_string()}),
+                ]
+            })
+            .collect();
+        self.post(
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}),
+        )
+        .await;
+    }
+
     async fn script(&self, script: &str, args: Value) -> Value {
         self.post("/execute/sync", json!({"script": script, "args": args}))
             .await
@@ -466,11 +486,17 @@ async fn console_in_a_real_browser() {
         http.get(format!("{short_url}login")).send().await.is_ok()
     })
     .await;
+    // With the keyboard only: the key field has the focus; type, Enter; then Tab reaches the
+    // skip link first.
     b.goto(&short_url).await;
-    b.type_in("#api_key", "short-key").await;
-    b.click("#login button[type=submit]").await;
+    b.keys("short-key\u{E007}").await;
     b.eventually("signed in", || async { b.exists("#ep-rows").await })
         .await;
+    b.keys("\u{E004}").await;
+    let focused = b
+        .script("return document.activeElement.textContent", json!([]))
+        .await;
+    assert_eq!(focused, "Skip to content");
     b.eventually("sent back to sign in once the session expired", || async {
         b.url().await.ends_with("/ui/login?expired=1")
     })
