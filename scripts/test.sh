@@ -7,7 +7,8 @@
 # release tarball (scripts/dist.sh) and the Vast template kit booted from it, fault injection
 # under load through the official client, control-plane replicas on PostgreSQL behind nginx
 # under faults (nginx is installed first when missing, as root; without nginx or PostgreSQL
-# skipped with a message, except on CI), the fleet suite (control plane and workers
+# skipped with a message, except on CI), the web console in a real browser (Debian's chromium and
+# chromium-driver, installed first when missing, as root), the fleet suite (control plane and workers
 # on separate network namespaces, one of them partitioned; needs root, skipped with a message
 # otherwise except on CI), and the side-by-side benchmark's smoke mode.
 #
@@ -70,6 +71,9 @@ bash scripts/fuzz.sh --seconds 15
 step "local provider with real processes (ferry control launching ferry worker + sim)"
 cargo build -p ferry --locked
 cargo test -p ferry-control --test it --locked -- --ignored
+
+step "the web console in a real browser: chromium + chromedriver (scripts/ui-tests.sh)"
+bash scripts/ui-tests.sh
 
 step "ferry worker in front of a real llama-server (SmolLM2-135M and a tiny random model)"
 cargo test -p ferry-worker --test peers --locked -- --ignored

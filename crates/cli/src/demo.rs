@@ -5,6 +5,8 @@
 //! through Vast's route → worker flow with the Ferry SDK. The autoscaler starts local workers in
 //! front of the built-in simulated LLM (or `--model-cmd`); the terminal shows workers by state as
 //! they scale up, each answer, and a summary. Ctrl-C at any point shuts everything down cleanly.
+//! It prints the web console's address and the key to sign in with; `--keep` keeps everything
+//! running after the burst so the console can be explored.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -117,6 +119,7 @@ async fn demo(args: &DemoArgs, state_dir: &std::path::Path) -> anyhow::Result<()
         args.max_workers,
         args.model_cmd.as_deref().unwrap_or("built-in simulated LLM")
     );
+    println!("web console: {base}/ui/ (sign in with the account key {ACCOUNT_KEY})");
 
     let client = Client::builder().base_url(base.clone()).build()?;
     let endpoint = client
@@ -249,7 +252,10 @@ async fn demo(args: &DemoArgs, state_dir: &std::path::Path) -> anyhow::Result<()
         bail!("{failures} demo requests failed");
     }
     if args.keep {
-        println!("\nthe system keeps running at {base}; Ctrl-C to stop");
+        println!(
+            "\nthe system keeps running at {base}; look around in the web console at {base}/ui/ \
+             (key {ACCOUNT_KEY}); Ctrl-C to stop"
+        );
         std::future::pending::<()>().await;
     }
     println!("\nshutting down (workers are stopped by the control plane)");

@@ -37,6 +37,12 @@ fn demo_scales_from_zero_serves_the_burst_and_shuts_down() {
     assert!(stdout.contains("stream (first token"), "{stdout}");
     assert!(stdout.contains("via http://127.0.0.1:"), "{stdout}");
     assert!(stdout.contains("shutting down"), "{stdout}");
+    // The web console's address and the key to sign in with.
+    assert!(
+        stdout.contains("web console: http://127.0.0.1:")
+            && stdout.contains("/ui/ (sign in with the account key ferry-demo-account-key)"),
+        "{stdout}"
+    );
     // No worker or model process of this demo outlives it: none runs inside its state folder
     // (other demos and tests may run meanwhile, in folders of their own).
     let leftover: Vec<String> = std::fs::read_dir("/proc")

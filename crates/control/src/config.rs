@@ -89,6 +89,10 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_QUEUE_TTL_S", default_value = "120")]
     pub queue_ttl_s: u64,
 
+    /// A web console session (`/ui/`) ends this long after sign-in, seconds.
+    #[arg(long, env = "FERRY_UI_SESSION_TTL_S", default_value = "28800")]
+    pub ui_session_ttl_s: u64,
+
     /// Routed load a worker has not yet acknowledged in a report is forgotten after this
     /// long, seconds (the client never called the worker).
     #[arg(long, env = "FERRY_PENDING_TTL_S", default_value = "60")]
@@ -359,6 +363,8 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// Unpolled queued request lifetime.
     pub queue_ttl: Duration,
+    /// Web console session lifetime.
+    pub ui_session_ttl: Duration,
     /// Unacknowledged routed load lifetime.
     pub pending_ttl: Duration,
     /// The OpenAI gateway's limits.
@@ -491,6 +497,10 @@ impl ControlArgs {
             idle_stop_after: Duration::from_secs(self.idle_stop_after_s),
             token_ttl: ms(self.token_ttl_s.saturating_mul(1000), "--token-ttl-s")?,
             queue_ttl: ms(self.queue_ttl_s.saturating_mul(1000), "--queue-ttl-s")?,
+            ui_session_ttl: ms(
+                self.ui_session_ttl_s.saturating_mul(1000),
+                "--ui-session-ttl-s",
+            )?,
             pending_ttl: ms(self.pending_ttl_s.saturating_mul(1000), "--pending-ttl-s")?,
             gateway: GatewaySettings {
                 wait: ms(self.gateway_wait_s.saturating_mul(1000), "--gateway-wait-s")?,

@@ -22,6 +22,7 @@
 //!   `--store postgres://...` ([`store::postgres`]).
 //! - Serves the console API (`/api/v0/endptjobs/`, `/api/v0/workergroups/`,
 //!   `/api/v0/autojobs/`) and an OpenAI-compatible gateway (`/{endpoint}/v1/...`).
+//! - Serves a web console at `/ui/` ([`ui`]), signed in with the account key.
 //!
 //! # Quick start
 //!
@@ -85,6 +86,7 @@ pub mod secrets;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -217,6 +219,7 @@ pub fn build_app(control: Control) -> Router {
         .merge(workers)
         .merge(ops)
         .merge(gateway)
+        .merge(ui::router(control.clone()))
         .fallback(api::outcome::no_route)
         .with_state(control)
 }
@@ -397,4 +400,8 @@ pub(crate) fn announce_key(control: &Control, settings: &Settings) {
         }
     }
     eprintln!("ferry control: listening at {}", settings.public_url);
+    eprintln!(
+        "ferry control: web console at {}/ui/ (sign in with the account API key)",
+        settings.public_url.trim_end_matches('/')
+    );
 }

@@ -9,6 +9,8 @@ struct EpStats {
     routed: f64,
     rate: f64,
     last_request: Option<f64>,
+    /// Requests routed since start (never reset: the console's charts take differences).
+    requests: u64,
 }
 
 /// Statistics of every endpoint (in memory only; they rebuild within seconds after a restart).
@@ -28,7 +30,16 @@ impl Stats {
 
     /// New workload routed to the endpoint (counted once per request).
     pub fn routed(&mut self, endpoint_id: i64, cost: f64) {
-        self.by_endpoint.entry(endpoint_id).or_default().routed += cost;
+        let st = self.by_endpoint.entry(endpoint_id).or_default();
+        st.routed += cost;
+        st.requests += 1;
+    }
+
+    /// Requests routed to the endpoint since start and its current rate (workload units/s).
+    pub fn totals(&self, endpoint_id: i64) -> (u64, f64) {
+        self.by_endpoint
+            .get(&endpoint_id)
+            .map_or((0, 0.0), |s| (s.requests, s.rate))
     }
 
     /// Folds the workload routed in the last `dt` seconds into the endpoint's rate and
@@ -71,6 +82,7 @@ mod tests {
         assert!(s.since_last_request(1, 5.0).is_infinite());
         s.request(1, 2.0);
         s.routed(1, 100.0);
+        assert_eq!(s.totals(1).0, 1);
         // 100 units in 1 s: half-way up in one tick.
         assert_eq!(s.tick(1, 1.0), 50.0);
         // Nothing routed since: decays by a twentieth per second.

@@ -104,7 +104,13 @@ impl Control {
 
     /// The bookkeeping of a decision, under the lock: new records for launches, states for
     /// resume, stop and destroy. The provider calls follow as `effects`.
-    fn begin(&self, s: &mut State, action: &Action, mono: f64, effects: &mut Vec<Effect>) {
+    pub(super) fn begin(
+        &self,
+        s: &mut State,
+        action: &Action,
+        mono: f64,
+        effects: &mut Vec<Effect>,
+    ) {
         let store = self.store();
         match *action {
             Action::Launch {

@@ -6,12 +6,15 @@
 //! - `apply.rs`: one tick ([`Control::autoscale_tick`]): housekeeping, views, decisions, the
 //!   bookkeeping under the lock and the provider calls in background tasks; each decision and
 //!   worker change goes into the logs ([`crate::events`]).
+//! - `manual.rs`: a person's stop or resume of one worker (the web console), carried out as
+//!   the autoscaler's own actions are.
 //! - `rollout.rs`: rolling updates of a workergroup (`/update_workers/`), a step per tick.
 //!
 //! Here: the loop that runs a tick every interval and pumps provider events.
 
 mod apply;
 mod decide;
+mod manual;
 pub mod rollout;
 mod view;
 
