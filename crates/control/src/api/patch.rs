@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::autoscale::AutoscalePolicy;
 use crate::config::ProviderKind;
 use crate::endpoint::{EndpointPatch, EndpointRef, EndpointState, WorkergroupPatch};
 use crate::error::ControlError;
@@ -62,6 +63,13 @@ pub fn endpoint_patch(body: &Map<String, Value>) -> Result<EndpointPatch, Contro
                 .ok_or_else(|| bad("endpoint_state: must be active, suspended or stopped"))?,
         ),
     };
+    let autoscale_policy = match text(body, "autoscale_policy")? {
+        None => None,
+        Some(s) => Some(
+            AutoscalePolicy::parse(&s)
+                .ok_or_else(|| bad("autoscale_policy: must be vast, kpa, ray or ferry"))?,
+        ),
+    };
     let patch = EndpointPatch {
         endpoint_name: text(body, "endpoint_name")?,
         min_load: num(body, "min_load")?,
@@ -74,6 +82,7 @@ pub fn endpoint_patch(body: &Map<String, Value>) -> Result<EndpointPatch, Contro
         target_queue_time: num(body, "target_queue_time")?,
         inactivity_timeout: num(body, "inactivity_timeout")?,
         endpoint_state,
+        autoscale_policy,
         autoscaler_instance: text(body, "autoscaler_instance")?,
     };
     Ok(patch)

@@ -6,18 +6,22 @@
 //! - `apply.rs`: one tick ([`Control::autoscale_tick`]): housekeeping, views, decisions, the
 //!   bookkeeping under the lock and the provider calls in background tasks; each decision and
 //!   worker change goes into the logs ([`crate::events`]).
+//! - `policy.rs`: the policy an endpoint selects (`autoscale_policy`: Vast's documented
+//!   model, KPA-like, Ray-like or Ferry's own) and the short [`History`] they read.
 //! - `rollout.rs`: rolling updates of a workergroup (`/update_workers/`), a step per tick.
 //!
 //! Here: the loop that runs a tick every interval and pumps provider events.
 
 mod apply;
 mod decide;
+pub mod policy;
 pub mod rollout;
-mod view;
+pub(crate) mod view;
 
 pub use decide::{
     decide, Action, Decision, EndpointView, GroupView, Tuning, WorkerView, DEFAULT_PERF,
 };
+pub use policy::{decide_with, AutoscalePolicy, History};
 pub use view::status_line;
 
 use crate::Control;
