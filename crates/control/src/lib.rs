@@ -82,6 +82,7 @@ pub mod registry;
 pub mod replica;
 pub mod route;
 pub mod secrets;
+pub mod simulate;
 pub mod stats;
 pub mod store;
 pub mod telemetry;
