@@ -113,7 +113,14 @@ pub struct History {
     /// Measured seconds from resume to ready, and from launch to ready (running means).
     resume_s: Option<f64>,
     launch_s: Option<f64>,
+    /// The quiet spell under way (seconds without routed work), and the last ones that
+    /// ended (at most [`GAPS_KEPT`]).
+    quiet: f64,
+    gaps: VecDeque<f64>,
 }
+
+/// Quiet spells remembered.
+pub const GAPS_KEPT: usize = 64;
 
 fn mean(old: Option<f64>, new: f64) -> Option<f64> {
     Some(old.map_or(new, |o| 0.7 * o + 0.3 * new))
@@ -123,6 +130,17 @@ impl History {
     /// A tick of `dt` seconds in which `rate` workload units per second were routed.
     pub fn tick(&mut self, dt: f64, rate: f64) {
         self.clock += dt;
+        if rate > 0.0 {
+            if self.quiet > 0.0 {
+                if self.gaps.len() == GAPS_KEPT {
+                    self.gaps.pop_front();
+                }
+                self.gaps.push_back(self.quiet);
+            }
+            self.quiet = 0.0;
+        } else {
+            self.quiet += dt;
+        }
         self.samples.push_back(Sample {
             at: self.clock,
             dt,
@@ -205,24 +223,35 @@ impl History {
         }
     }
 
-    /// Highest `window`-second mean rate seen in the history.
-    fn peak_rate(&self, window: f64) -> f64 {
-        let (mut best, mut sum, mut t) = (0.0f64, 0.0, 0.0);
-        let mut start = 0;
-        let s: Vec<&Sample> = self.samples.iter().collect();
-        for end in 0..s.len() {
-            sum += s[end].rate * s[end].dt;
-            t += s[end].dt;
-            while start < end && s[end].at - s[start].at >= window {
-                sum -= s[start].rate * s[start].dt;
-                t -= s[start].dt;
-                start += 1;
-            }
-            if t > 0.0 {
-                best = best.max(sum / t);
+    /// How long the last worker stays warm after the endpoint's last request: the `T` that
+    /// minimizes, over the quiet spells seen, the expected idle seconds paid (`min(gap, T)`)
+    /// plus the expected price of a cold start (`cold_cost` when the gap outlasts `T`), among
+    /// `floor` and the spells' own lengths up to `cap`. This is the ski-rental choice made
+    /// with the endpoint's own gap distribution.
+    fn keep_warm(&self, cold_cost: f64, floor: f64, cap: f64) -> f64 {
+        if self.gaps.is_empty() {
+            return floor;
+        }
+        let n = self.gaps.len() as f64;
+        let expected = |t: f64| {
+            self.gaps
+                .iter()
+                .map(|g| if *g <= t { *g } else { t + cold_cost })
+                .sum::<f64>()
+                / n
+        };
+        let mut best = (expected(floor), floor);
+        for g in &self.gaps {
+            // A spell of g seconds was seen as g ticks of silence: one more tick covers it.
+            let t = g + 1.0;
+            if t > floor && t <= cap {
+                let c = expected(t);
+                if c < best.0 {
+                    best = (c, t);
+                }
             }
         }
-        best
+        best.1
     }
 
     /// Measured seconds from resume to ready (`None` until one was seen).
@@ -337,13 +366,17 @@ fn ray_targets(v: &EndpointView, fleet: &Fleet<'_>, h: &mut History) -> Targets 
 /// Ferry's policy.
 ///
 /// - Active target from the arrival trend: the larger of the 10 s and 60 s mean rates, plus
-///   the rise of the 10 s mean over the 60 s one carried forward over the time a new worker
-///   needs (the measured resume time), over perf × `target_util`; and Vast's queue pressure
-///   (backlog over ready throughput above `target_queue_time`).
-/// - Scale-down weighs idling against the next cold start: a surplus worker stops once it has
-///   been idle for twice the measured resume time (a resume costs that many hot seconds, so
-///   this never pays more than twice the clairvoyant choice, the ski-rental bound), at most
-///   the control plane's idle limit.
+///   the rise of the 10 s mean over the 60 s one carried forward over the measured resume
+///   time, over perf × `target_util`; and Vast's queue pressure (backlog over ready
+///   throughput above `target_queue_time`).
+/// - The last worker weighs idling against the next cold start: it stays warm after the
+///   last request for the time that minimizes the expected idle seconds plus the expected
+///   price of a cold start over the endpoint's recent quiet spells (a cold start priced at
+///   [`COLD_START_PRICE`] × the measured resume time: the resume is billed, and the requests
+///   of a burst wait for it).
+/// - Surplus workers (above the target) stop as soon as they are empty for a quarter of the
+///   measured resume time: spreading requests keeps every worker a little busy, so waiting
+///   for a long idle spell would keep them all.
 /// - Cold tier sized from demand, not launched ahead: the loaded workers kept (ready or
 ///   stopped) are those that were needed at the 60 s peak of the last 15 minutes (at least
 ///   one), never more than Vast's cold pool; none is launched just to fill the pool.
@@ -372,14 +405,284 @@ pub(crate) fn ferry_targets(
         need = pressure;
         reason = "queue_time";
     }
-    let idle_limit = (2.0 * resume).clamp(5.0, tuning.idle_stop_after);
-    let pool = ceil_workers(h.peak_rate(60.0), cap).max(1);
+    if predicted > SPARE_ABOVE * cap {
+        need = need.saturating_add(HOT_SPARES);
+    }
+    let keep = h.keep_warm(
+        COLD_START_PRICE * resume,
+        tuning.idle_stop_after.min(2.0 * resume),
+        KEEP_WARM_MAX_S,
+    );
+    if need == 0 && !fleet.active.is_empty() && v.since_last_request < keep {
+        need = 1;
+    }
+    // A large surplus (more than twice the target: left over from a burst or a cold start)
+    // is shed at its first empty moment; a small one waits a resume time, so a worker
+    // resumed for a burst is not stopped in the burst's next lull.
+    let n_active = fleet.active.len() as u32;
+    let idle_limit = if n_active > 2 * need + 1 {
+        1.0
+    } else {
+        (resume * SURPLUS_IDLE_RESUMES).max(1.0)
+    };
     let loaded = fleet.live.len() as u32;
-    let total_need = pool.min(vast.total_need.max(1)).min(loaded).max(need);
+    let total_need = vast.total_need.min(loaded).max(need);
     Targets {
         need_active: need,
         reason_up: reason,
         total_need,
         idle_limit,
+    }
+}
+
+/// Ferry: ready workers kept above the target while the predicted load is above
+/// [`SPARE_ABOVE`] of one worker's, for the bursts that come faster than a resume.
+pub const HOT_SPARES: u32 = 1;
+/// See [`HOT_SPARES`].
+pub const SPARE_ABOVE: f64 = 0.5;
+/// Ferry: a small surplus stops once empty for this many resume times.
+pub const SURPLUS_IDLE_RESUMES: f64 = 1.0;
+/// Ferry: the price of a cold start of the last worker, in multiples of the resume time.
+pub const COLD_START_PRICE: f64 = 10.0;
+/// Ferry: the last worker is never kept warm longer than this after the last request.
+pub const KEEP_WARM_MAX_S: f64 = 600.0;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::autoscale::{Action, GroupView, WorkerView};
+    use crate::endpoint::EndpointParams;
+
+    const T: Tuning = Tuning {
+        idle_stop_after: 60.0,
+        error_hold: 5.0,
+    };
+
+    fn w(id: i64, state: WorkerState, load: f64, idle_for: f64) -> WorkerView {
+        WorkerView {
+            id,
+            state,
+            max_perf: 100.0,
+            load,
+            idle_for,
+            in_state_for: idle_for,
+            may_return: false,
+        }
+    }
+
+    fn view(policy: AutoscalePolicy, workers: Vec<WorkerView>) -> EndpointView {
+        EndpointView {
+            params: EndpointParams {
+                cold_workers: 0,
+                cold_mult: 1.0,
+                target_util: 1.0,
+                autoscale_policy: policy,
+                ..EndpointParams::default()
+            },
+            workers,
+            groups: vec![GroupView {
+                id: 9,
+                workers: 0,
+                max_workers: None,
+            }],
+            queued: 0,
+            queued_load: 0.0,
+            load_rate: 0.0,
+            since_last_request: 0.0,
+        }
+    }
+
+    fn launched(d: &[Decision]) -> u32 {
+        d.iter()
+            .map(|d| match d.action {
+                Action::Launch { count, .. } => count,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn stopped(d: &[Decision]) -> usize {
+        d.iter()
+            .filter(|d| matches!(d.action, Action::Stop { .. } | Action::Destroy { .. }))
+            .count()
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in AutoscalePolicy::ALL {
+            assert_eq!(AutoscalePolicy::parse(p.as_str()), Some(p));
+            let json = serde_json::to_string(&p).unwrap();
+            assert_eq!(json, format!("\"{}\"", p.as_str()));
+        }
+        assert_eq!(AutoscalePolicy::parse("KPA"), Some(AutoscalePolicy::Kpa));
+        assert_eq!(AutoscalePolicy::parse("hpa"), None);
+        assert_eq!(AutoscalePolicy::default(), AutoscalePolicy::Vast);
+    }
+
+    #[test]
+    fn vast_is_decide() {
+        let v = view(
+            AutoscalePolicy::Vast,
+            vec![w(1, WorkerState::Idle, 0.0, 61.0)],
+        );
+        let mut h = History::default();
+        h.tick(1.0, 250.0);
+        assert_eq!(
+            decide_with(AutoscalePolicy::Vast, &v, T, &mut h),
+            super::super::decide(&v, T)
+        );
+    }
+
+    #[test]
+    fn kpa_panics_on_a_burst_and_sheds_surplus_at_once() {
+        let mut h = History::default();
+        for _ in 0..60 {
+            h.tick(1.0, 50.0);
+        }
+        let one = vec![w(1, WorkerState::Idle, 10.0, 0.0)];
+        // 50 units/s over 60 s: one worker of 100; nothing to do.
+        let v = view(AutoscalePolicy::Kpa, one.clone());
+        assert_eq!(
+            launched(&decide_with(AutoscalePolicy::Kpa, &v, T, &mut h)),
+            0
+        );
+        // 6 s at 500 units/s: the panic window asks for 5, the stable one for 1.
+        for _ in 0..6 {
+            h.tick(1.0, 500.0);
+        }
+        let d = decide_with(AutoscalePolicy::Kpa, &v, T, &mut h);
+        assert_eq!(launched(&d), 4, "{d:?}");
+        assert!(d.iter().all(|d| d.reason == "kpa_panic"));
+        // After 60 quiet seconds plus the grace, every empty worker goes, without an idle wait.
+        let mut h = History::default();
+        for _ in 0..100 {
+            h.tick(1.0, 0.0);
+        }
+        let mut v = view(
+            AutoscalePolicy::Kpa,
+            vec![
+                w(1, WorkerState::Idle, 0.0, 2.0),
+                w(2, WorkerState::Idle, 0.0, 2.0),
+            ],
+        );
+        v.since_last_request = 100.0;
+        assert_eq!(
+            stopped(&decide_with(AutoscalePolicy::Kpa, &v, T, &mut h)),
+            2
+        );
+    }
+
+    #[test]
+    fn ray_waits_out_its_upscale_delay() {
+        let mut h = History::default();
+        // 1000 units in flight on one worker of 100/s: 5 workers at 2 s of work each.
+        let mut v = view(
+            AutoscalePolicy::Ray,
+            vec![w(1, WorkerState::Idle, 1000.0, 0.0)],
+        );
+        v.queued = 0;
+        for s in 0..RAY_UP_DELAY_S as u32 {
+            h.tick(1.0, 100.0);
+            let d = decide_with(AutoscalePolicy::Ray, &v, T, &mut h);
+            assert_eq!(launched(&d), 0, "second {s}");
+        }
+        h.tick(1.0, 100.0);
+        assert_eq!(
+            launched(&decide_with(AutoscalePolicy::Ray, &v, T, &mut h)),
+            4
+        );
+        // From zero it does not wait.
+        let mut h = History::default();
+        h.tick(1.0, 100.0);
+        let mut v = view(AutoscalePolicy::Ray, vec![]);
+        v.queued = 1;
+        v.queued_load = 100.0;
+        assert_eq!(
+            launched(&decide_with(AutoscalePolicy::Ray, &v, T, &mut h)),
+            1
+        );
+    }
+
+    #[test]
+    fn ferry_keeps_the_last_worker_through_the_quiet_spells_it_has_seen() {
+        let mut h = History::default();
+        // Spells of 90 s between bursts: cheaper to idle through them than to pay a cold
+        // start priced at 10 x 30 s.
+        for _ in 0..5 {
+            h.tick(1.0, 50.0);
+            for _ in 0..90 {
+                h.tick(1.0, 0.0);
+            }
+        }
+        h.tick(1.0, 50.0);
+        let keep = h.keep_warm(COLD_START_PRICE * 30.0, 60.0, KEEP_WARM_MAX_S);
+        assert_eq!(keep, 91.0);
+        for _ in 0..80 {
+            h.tick(1.0, 0.0);
+        }
+        let mut v = view(
+            AutoscalePolicy::Ferry,
+            vec![w(1, WorkerState::Idle, 0.0, 80.0)],
+        );
+        v.since_last_request = 80.0;
+        assert_eq!(
+            stopped(&decide_with(AutoscalePolicy::Ferry, &v, T, &mut h)),
+            0
+        );
+        // Past the spells it knows, it stops.
+        for _ in 0..20 {
+            h.tick(1.0, 0.0);
+        }
+        v.since_last_request = 100.0;
+        v.workers[0].idle_for = 100.0;
+        assert_eq!(
+            stopped(&decide_with(AutoscalePolicy::Ferry, &v, T, &mut h)),
+            1
+        );
+        // Spells far longer than a cold start's price: stop at the floor.
+        let mut h = History::default();
+        for _ in 0..3 {
+            h.tick(1.0, 50.0);
+            for _ in 0..2000 {
+                h.tick(1.0, 0.0);
+            }
+        }
+        h.tick(1.0, 50.0);
+        assert_eq!(h.keep_warm(300.0, 60.0, KEEP_WARM_MAX_S), 60.0);
+    }
+
+    #[test]
+    fn ferry_sheds_a_large_surplus_and_never_launches_for_the_pool() {
+        let mut h = History::default();
+        for _ in 0..60 {
+            h.tick(1.0, 100.0);
+        }
+        // 100 units/s: one worker (plus a spare above half a worker's load); eight ready,
+        // six of them empty for 2 s: shed at once.
+        let mut workers: Vec<WorkerView> =
+            (1..=8).map(|i| w(i, WorkerState::Idle, 0.0, 2.0)).collect();
+        workers[0].load = 50.0;
+        workers[1].load = 50.0;
+        let mut v = view(AutoscalePolicy::Ferry, workers);
+        v.params.cold_workers = 5;
+        let d = decide_with(AutoscalePolicy::Ferry, &v, T, &mut h);
+        assert_eq!(stopped(&d), 6, "{d:?}");
+        assert_eq!(launched(&d), 0);
+        // Vast with the same cold pool setting launches to fill it.
+        let mut v = view(AutoscalePolicy::Vast, vec![]);
+        v.params.cold_workers = 5;
+        assert_eq!(
+            launched(&decide_with(AutoscalePolicy::Vast, &v, T, &mut h)),
+            5
+        );
+        let mut v = view(AutoscalePolicy::Ferry, vec![]);
+        v.params.cold_workers = 5;
+        let mut quiet = History::default();
+        quiet.tick(1.0, 0.0);
+        assert_eq!(
+            launched(&decide_with(AutoscalePolicy::Ferry, &v, T, &mut quiet)),
+            0
+        );
     }
 }
