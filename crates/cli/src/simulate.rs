@@ -71,6 +71,9 @@ pub struct SimulateArgs {
     /// Workers already loaded and ready when the trace starts.
     #[arg(long, default_value_t = 0)]
     prewarm: u32,
+    /// Do not learn workers' throughput from their reports (the benchmark alone counts).
+    #[arg(long)]
+    no_learn_capacity: bool,
     /// Requests a worker serves at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u32,
@@ -201,6 +204,7 @@ impl SimulateArgs {
             seed: self.seed,
             bucket_s: self.bucket_s,
             prewarm: self.prewarm,
+            learn_capacity: !self.no_learn_capacity,
             ..SimConfig::default()
         }
     }

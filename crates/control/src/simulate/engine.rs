@@ -87,6 +87,8 @@ struct SimWorker {
     /// Requests executing, and waiting on the worker: (request_idx, cost).
     running: BTreeMap<u64, f64>,
     fifo: VecDeque<(u64, f64)>,
+    /// Workload finished since its last report.
+    served: f64,
 }
 
 /// A request in flight.
@@ -124,6 +126,7 @@ pub fn run(trace: &Trace, cfg: &SimConfig) -> Result<Outcome, String> {
     let store = NullStore;
     let mut s = restore(&Loaded::default(), &store, false);
     s.rng = StdRng::seed_from_u64(cfg.seed);
+    s.registry.set_learn_capacity(cfg.learn_capacity);
     let p = &cfg.params;
     let patch = EndpointPatch {
         endpoint_name: Some("sim".into()),
@@ -349,9 +352,10 @@ impl Sim<'_> {
         let Some(w) = self.workers.get_mut(&worker) else {
             return;
         };
-        if w.running.remove(&idx).is_none() {
+        let Some(cost) = w.running.remove(&idx) else {
             return;
-        }
+        };
+        w.served += cost;
         let mtoken = w.mtoken.clone();
         if let Some(t) = self.reqs.remove(&idx) {
             self.rec.finished(self.now - t.arrival);
@@ -380,9 +384,10 @@ impl Sim<'_> {
 
     /// `/worker_status/` from a worker that is up.
     fn report(&mut self, id: i64) {
-        let Some(w) = self.workers.get(&id) else {
+        let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
+        let served = std::mem::take(&mut w.served);
         let ready = w.phase == Phase::Ready;
         let working: Vec<u64> = w
             .running
@@ -396,6 +401,7 @@ impl Sim<'_> {
             mtoken: w.mtoken.clone(),
             loadtime: if ready { 1.0 } else { 0.0 },
             cur_load,
+            cur_perf: served,
             max_perf: if ready {
                 self.cfg.worker.benchmark_perf
             } else {
@@ -502,6 +508,7 @@ impl Sim<'_> {
                 cold_since: None,
                 running: BTreeMap::new(),
                 fifo: VecDeque::new(),
+                served: 0.0,
             },
         );
         self.push(now + self.cfg.worker.cold_start_s, Kind::Ready(id, 0));

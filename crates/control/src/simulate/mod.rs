@@ -18,7 +18,9 @@
 //! every second while up, serve `concurrency` requests at once, each at `real perf /
 //! concurrency` workload units per second, the rest in their own FIFO, and post finished
 //! requests at once) and the clients (a client waits for its grant, calls the worker at once,
-//! and gives up after `client_timeout_s` in the queue: a rejected request).
+//! and gives up after `client_timeout_s` in the queue: a rejected request). A worker's reports
+//! carry what it finished since the previous one (`cur_perf`), from which the registry learns
+//! its real throughput when it differs from its benchmark (`registry::capacity`).
 //!
 //! A run ends when every request is served or rejected and no worker is up any more (at most
 //! an hour after the last arrival), so a policy pays for the idling it chooses after the
@@ -101,6 +103,9 @@ pub struct SimConfig {
     pub bucket_s: f64,
     /// Workers already loaded and ready when the trace starts (billed from then on).
     pub prewarm: u32,
+    /// Whether the registry learns each worker's throughput from its reports
+    /// (`registry::capacity`); off, the benchmark alone counts.
+    pub learn_capacity: bool,
 }
 
 impl Default for SimConfig {
@@ -120,6 +125,7 @@ impl Default for SimConfig {
             seed: 1,
             bucket_s: 10.0,
             prewarm: 0,
+            learn_capacity: true,
         }
     }
 }

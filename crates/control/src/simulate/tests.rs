@@ -152,3 +152,30 @@ fn svg_and_json_render() {
     let table = compare_table(&[o.clone(), o]);
     assert!(table.lines().any(|l| l.starts_with("queue p99 s")));
 }
+
+#[test]
+fn learning_a_slow_workers_throughput_shortens_the_queue() {
+    // 300 units/s for 600 s on workers benchmarked at 400 that serve 200.
+    let t = trace(
+        &(0..1800)
+            .map(|i| (f64::from(i) / 3.0, 100.0))
+            .collect::<Vec<_>>(),
+    );
+    let run_with = |learn: bool| {
+        run(
+            &t,
+            &cfg(|c| {
+                c.prewarm = 1;
+                c.params.cold_mult = 1.0;
+                c.worker.real_perf = 200.0;
+                c.learn_capacity = learn;
+            }),
+        )
+        .unwrap()
+    };
+    let (learned, benchmark_only) = (run_with(true), run_with(false));
+    // Routing and scaling for the real 200/s: more workers, sooner, and shorter waits.
+    assert!(learned.hot_s > benchmark_only.hot_s);
+    assert!(learned.queue_time.p99 < benchmark_only.queue_time.p99);
+    assert!(learned.queue_time.p90 < benchmark_only.queue_time.p90);
+}
