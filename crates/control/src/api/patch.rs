@@ -196,6 +196,32 @@ mod tests {
     }
 
     #[test]
+    fn autoscale_policy_is_optional_and_checked() {
+        let mut p = EndpointParams::default();
+        endpoint_patch(&obj(json!({"min_load": 1})))
+            .unwrap()
+            .apply_params(&mut p);
+        assert_eq!(p.autoscale_policy, AutoscalePolicy::Vast);
+        let ferry = endpoint_patch(&obj(json!({"autoscale_policy": "Ferry"}))).unwrap();
+        ferry.apply_params(&mut p);
+        assert_eq!(p.autoscale_policy, AutoscalePolicy::Ferry);
+        // Stored records from before the parameter existed read as Vast's.
+        let old: EndpointParams = serde_json::from_value(json!({
+            "min_load": 0.0, "min_cold_load": 0.0, "target_util": 0.9, "cold_mult": 2.5,
+            "cold_workers": 5, "max_workers": 20, "max_queue_time": 30.0,
+            "target_queue_time": 10.0, "inactivity_timeout": null, "endpoint_state": "active"
+        }))
+        .unwrap();
+        assert_eq!(old.autoscale_policy, AutoscalePolicy::Vast);
+        for bad in [
+            json!({"autoscale_policy": "hpa"}),
+            json!({"autoscale_policy": 1}),
+        ] {
+            assert!(endpoint_patch(&obj(bad.clone())).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn params_nulls_and_validation() {
         let mut p = EndpointParams::default();
         let body = json!({"min_load": 5, "max_queue_time": null, "endpoint_state": "stopped",
