@@ -110,7 +110,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         // The worker builds its own runtime from its settings (one thread by default).
         Command::Worker(_) => run_worker(&matches),
-        Command::Simulate(args) => simulate::run(*args).map_err(Failure::Runtime),
+        Command::Simulate(args) => match args.validate() {
+            Ok(()) => simulate::run(*args).map_err(Failure::Runtime),
+            Err(msg) => Err(Failure::Config(msg)),
+        },
         Command::OnRuntime(command) => run_on_runtime(command),
     };
     match result {

@@ -155,6 +155,49 @@ enum Format {
 }
 
 impl SimulateArgs {
+    /// Checks the numbers once; the error names the setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--speed", self.speed),
+            ("--stretch-gaps", self.stretch_gaps),
+            ("--perf", self.perf),
+            ("--real-perf", self.real_perf.unwrap_or(self.perf)),
+            ("--bucket-s", self.bucket_s),
+        ];
+        for (name, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(format!("{name}: must be a number > 0"));
+            }
+        }
+        let non_negative = [
+            ("--stretch-min-gap-s", self.stretch_min_gap_s),
+            ("--scale-sizes", self.scale_sizes),
+            ("--context-weight", self.context_weight),
+            ("--cold-start-s", self.cold_start_s),
+            ("--resume-s", self.resume_s),
+            ("--stop-s", self.stop_s),
+            ("--price-hot-per-hour", self.price_hot_per_hour),
+            ("--price-stopped-per-hour", self.price_stopped_per_hour),
+            ("--idle-stop-after-s", self.idle_stop_after_s),
+            ("--client-timeout-s", self.client_timeout_s),
+        ];
+        for (name, v) in non_negative {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name}: must be a number >= 0"));
+            }
+        }
+        if self.concurrency == 0 {
+            return Err("--concurrency: must be at least 1".into());
+        }
+        if self.tile == 0 {
+            return Err("--tile: must be at least 1".into());
+        }
+        if self.autoscale_interval_ms == 0 {
+            return Err("--autoscale-interval-ms: must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The trace, read and transformed.
     fn trace(&self) -> anyhow::Result<Trace> {
         let text = std::fs::read_to_string(&self.trace)

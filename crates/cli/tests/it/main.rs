@@ -1,4 +1,4 @@
-//! `ferry call` and `ferry bench` as processes, against `ferry sim-model` + `ferry worker`
+//! `ferry call`, `ferry bench` and `ferry simulate` as processes, against `ferry sim-model` + `ferry worker`
 //! processes on free ports.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -6,5 +6,6 @@ mod args;
 mod bench;
 mod call;
 mod fleet;
+mod simulate;
 mod stack;
 mod trap;
