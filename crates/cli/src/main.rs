@@ -1,7 +1,7 @@
 //! `ferry`: the command-line front over Ferry's libraries.
 //!
 //! Subcommands: `worker` (the PyWorker replacement), `control` (and `control join-token`),
-//! `join`, `call`, `bench`, `demo` and `sim-model`.
+//! `join`, `call`, `bench`, `demo`, `sim-model` and `simulate`.
 //! Exit codes: 0 ok, 1 runtime failure, 64 bad configuration or arguments.
 
 use std::process::ExitCode;
@@ -10,6 +10,7 @@ mod bench;
 mod call;
 mod demo;
 mod fleet;
+mod simulate;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
@@ -37,6 +38,9 @@ enum LogFormat {
 enum Command {
     /// Run the worker in front of a model server (drop-in for Vast's PyWorker).
     Worker(Box<ferry_worker::WorkerArgs>),
+    /// Replay a request trace through the control plane's router and autoscaler on a
+    /// simulated clock: cost, queue times and cold starts per scaling policy.
+    Simulate(Box<simulate::SimulateArgs>),
     #[command(flatten)]
     OnRuntime(OnRuntime),
 }
@@ -98,12 +102,18 @@ fn main() -> ExitCode {
     // The demo's terminal output is the show; its components only log warnings unless asked.
     let default_level = match cli.command {
         Command::OnRuntime(OnRuntime::Demo(_)) => "warn",
+        // The registry logs every worker state change: thousands in a simulated hour.
+        Command::Simulate(_) => "warn",
         _ => "info",
     };
     ferry_worker::cli::init_tracing(matches!(cli.log_format, LogFormat::Json), default_level);
     let result = match cli.command {
         // The worker builds its own runtime from its settings (one thread by default).
         Command::Worker(_) => run_worker(&matches),
+        Command::Simulate(args) => match args.validate() {
+            Ok(()) => simulate::run(*args).map_err(Failure::Runtime),
+            Err(msg) => Err(Failure::Config(msg)),
+        },
         Command::OnRuntime(command) => run_on_runtime(command),
     };
     match result {

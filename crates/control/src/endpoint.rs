@@ -16,6 +16,7 @@
 //! | `max_queue_time` | 30 s | a worker whose estimated queue time exceeds it gets no new request |
 //! | `target_queue_time` | 10 s | endpoint queue time above which the autoscaler adds workers |
 //! | `inactivity_timeout` | unset | seconds without requests before scaling to zero is allowed; 0 = no gating; negative = never scale to zero |
+//! | `autoscale_policy` | `vast` | Ferry: `vast` (this model), `kpa`, `ray` or `ferry` (see `autoscale::policy`) |
 //! | `endpoint_state` | `active` | `active` managed; `suspended` left alone; `stopped` all workers stopped |
 //!
 //! Defaults are those of Vast's CLI (`vastai create endpoint`). Create bodies may send `null`
@@ -38,6 +39,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::autoscale::AutoscalePolicy;
 use crate::config::ProviderKind;
 use crate::error::ControlError;
 
@@ -89,6 +91,9 @@ pub struct EndpointParams {
     pub inactivity_timeout: Option<f64>,
     /// Managed, suspended or stopped.
     pub endpoint_state: EndpointState,
+    /// Ferry: the scaling policy.
+    #[serde(default)]
+    pub autoscale_policy: AutoscalePolicy,
 }
 
 impl Default for EndpointParams {
@@ -104,6 +109,7 @@ impl Default for EndpointParams {
             target_queue_time: 10.0,
             inactivity_timeout: None,
             endpoint_state: EndpointState::Active,
+            autoscale_policy: AutoscalePolicy::Vast,
         }
     }
 }
@@ -202,6 +208,8 @@ pub struct EndpointPatch {
     pub inactivity_timeout: Option<f64>,
     /// See [`EndpointParams::endpoint_state`].
     pub endpoint_state: Option<EndpointState>,
+    /// See [`EndpointParams::autoscale_policy`].
+    pub autoscale_policy: Option<AutoscalePolicy>,
 }
 
 impl EndpointPatch {
@@ -263,6 +271,7 @@ impl EndpointPatch {
             p.inactivity_timeout = self.inactivity_timeout;
         }
         set(&mut p.endpoint_state, self.endpoint_state);
+        set(&mut p.autoscale_policy, self.autoscale_policy);
     }
 }
 

@@ -83,6 +83,7 @@ pub mod registry;
 pub mod replica;
 pub mod route;
 pub mod secrets;
+pub mod simulate;
 pub mod stats;
 pub mod store;
 pub mod telemetry;

@@ -1,8 +1,10 @@
 //! [`Stats`]: per-endpoint request statistics the autoscaler predicts load from: the workload
 //! routed since the last tick, folded into an arrival-rate average, and the time of the last
-//! request.
+//! request; and the [`History`] the scaling policies read.
 
 use std::collections::HashMap;
+
+use crate::autoscale::History;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct EpStats {
@@ -17,6 +19,7 @@ struct EpStats {
 #[derive(Debug, Default)]
 pub struct Stats {
     by_endpoint: HashMap<i64, EpStats>,
+    history: HashMap<i64, History>,
 }
 
 impl Stats {
@@ -55,7 +58,13 @@ impl Stats {
             (dt / 20.0).min(1.0)
         };
         st.rate += alpha * (inst - st.rate);
+        self.history.entry(endpoint_id).or_default().tick(dt, inst);
         st.rate
+    }
+
+    /// The endpoint's history for the scaling policies (ticked by [`Stats::tick`]).
+    pub fn history(&mut self, endpoint_id: i64) -> &mut History {
+        self.history.entry(endpoint_id).or_default()
     }
 
     /// Seconds since the endpoint's last request (infinite when none yet).
@@ -69,6 +78,7 @@ impl Stats {
     /// Forgets a deleted endpoint.
     pub fn forget(&mut self, endpoint_id: i64) {
         self.by_endpoint.remove(&endpoint_id);
+        self.history.remove(&endpoint_id);
     }
 }
 

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
+use crate::autoscale::AutoscalePolicy;
 use crate::config::ProviderKind;
 use crate::endpoint::{EndpointPatch, EndpointRef, EndpointState, WorkergroupPatch};
 use crate::error::ControlError;
@@ -62,6 +63,13 @@ pub fn endpoint_patch(body: &Map<String, Value>) -> Result<EndpointPatch, Contro
                 .ok_or_else(|| bad("endpoint_state: must be active, suspended or stopped"))?,
         ),
     };
+    let autoscale_policy = match text(body, "autoscale_policy")? {
+        None => None,
+        Some(s) => Some(
+            AutoscalePolicy::parse(&s)
+                .ok_or_else(|| bad("autoscale_policy: must be vast, kpa, ray or ferry"))?,
+        ),
+    };
     let patch = EndpointPatch {
         endpoint_name: text(body, "endpoint_name")?,
         min_load: num(body, "min_load")?,
@@ -74,6 +82,7 @@ pub fn endpoint_patch(body: &Map<String, Value>) -> Result<EndpointPatch, Contro
         target_queue_time: num(body, "target_queue_time")?,
         inactivity_timeout: num(body, "inactivity_timeout")?,
         endpoint_state,
+        autoscale_policy,
         autoscaler_instance: text(body, "autoscaler_instance")?,
     };
     Ok(patch)
@@ -184,6 +193,32 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn autoscale_policy_is_optional_and_checked() {
+        let mut p = EndpointParams::default();
+        endpoint_patch(&obj(json!({"min_load": 1})))
+            .unwrap()
+            .apply_params(&mut p);
+        assert_eq!(p.autoscale_policy, AutoscalePolicy::Vast);
+        let ferry = endpoint_patch(&obj(json!({"autoscale_policy": "Ferry"}))).unwrap();
+        ferry.apply_params(&mut p);
+        assert_eq!(p.autoscale_policy, AutoscalePolicy::Ferry);
+        // Stored records from before the parameter existed read as Vast's.
+        let old: EndpointParams = serde_json::from_value(json!({
+            "min_load": 0.0, "min_cold_load": 0.0, "target_util": 0.9, "cold_mult": 2.5,
+            "cold_workers": 5, "max_workers": 20, "max_queue_time": 30.0,
+            "target_queue_time": 10.0, "inactivity_timeout": null, "endpoint_state": "active"
+        }))
+        .unwrap();
+        assert_eq!(old.autoscale_policy, AutoscalePolicy::Vast);
+        for bad in [
+            json!({"autoscale_policy": "hpa"}),
+            json!({"autoscale_policy": 1}),
+        ] {
+            assert!(endpoint_patch(&obj(bad.clone())).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! calls that carry it out in background tasks.
 
 use super::view::{endpoint_view, status_line, Sources};
-use super::{decide, Action, Decision, Tuning};
+use super::{decide_with, Action, Decision, Tuning};
 use crate::config::ProviderKind;
 use crate::control::{random_hex, unix_now, Control, State};
 use crate::events::Level;
@@ -56,7 +56,8 @@ impl Control {
                 let Some(view) = endpoint_view(src, ep_id, mono, stale, dt) else {
                     continue;
                 };
-                for d in decide(&view, tuning) {
+                let policy = view.params.autoscale_policy;
+                for d in decide_with(policy, &view, tuning, s.stats.history(ep_id)) {
                     telemetry::scaling(ep_id, &d);
                     let group = match d.action {
                         Action::Launch { workergroup_id, .. } => Some(workergroup_id),
@@ -215,14 +216,11 @@ impl Control {
     /// Expires pending load, stale workers and unpolled requests; then serves the queue.
     fn housekeeping(&self, s: &mut State, mono: f64, stale: f64) {
         let settings = &self.shared.settings;
-        let store = self.store();
-        s.registry
-            .housekeep(mono, stale, settings.pending_ttl.as_secs_f64(), store);
-        let queue_ttl = settings.queue_ttl.as_secs_f64();
-        for (idx, worker) in s.queue.expire(mono, queue_ttl, REQUEST_TTL_S, store) {
-            s.registry.release(worker, idx);
-        }
-        s.dispatch(store, mono, stale, None);
+        let ttls = (
+            settings.pending_ttl.as_secs_f64(),
+            settings.queue_ttl.as_secs_f64(),
+        );
+        s.housekeep(self.store(), mono, stale, ttls);
     }
 
     /// Where a new worker of `workergroup_id` belongs and which provider makes it.
@@ -263,5 +261,25 @@ fn describe(action: &Action) -> String {
         Action::Resume { worker_id } => format!("resume worker {worker_id}"),
         Action::Stop { worker_id } => format!("stop worker {worker_id}"),
         Action::Destroy { worker_id } => format!("destroy worker {worker_id}"),
+    }
+}
+
+impl State {
+    /// The tick's housekeeping at monotonic second `mono`: pending load older than the
+    /// pending TTL, stale workers, queued requests unpolled for the queue TTL and assigned ones
+    /// silent for an hour are expired; then the queue is served. `ttls` = (pending, queue),
+    /// seconds. The control plane's tick and the simulator (`crate::simulate`) both run it.
+    pub(crate) fn housekeep(
+        &mut self,
+        store: &dyn crate::store::Store,
+        mono: f64,
+        stale: f64,
+        (pending_ttl, queue_ttl): (f64, f64),
+    ) {
+        self.registry.housekeep(mono, stale, pending_ttl, store);
+        for (idx, worker) in self.queue.expire(mono, queue_ttl, REQUEST_TTL_S, store) {
+            self.registry.release(worker, idx);
+        }
+        self.dispatch(store, mono, stale, None);
     }
 }

@@ -139,7 +139,7 @@ pub struct Decision {
     pub reason: &'static str,
 }
 
-fn ceil_workers(capacity: f64, perf: f64) -> u32 {
+pub(crate) fn ceil_workers(capacity: f64, perf: f64) -> u32 {
     if capacity <= 0.0 || perf <= 0.0 {
         return 0;
     }
@@ -153,67 +153,127 @@ fn ceil_workers(capacity: f64, perf: f64) -> u32 {
 
 /// Decides the actions for one endpoint.
 pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
-    let p = &v.params;
     let mut out = Vec::new();
-    if p.endpoint_state == EndpointState::Suspended {
+    let Some(fleet) = Fleet::of(v, tuning, &mut out) else {
         return out;
-    }
-    for w in v.workers.iter().filter(|w| {
-        w.state == WorkerState::Error && w.in_state_for >= tuning.error_hold && !w.may_return
-    }) {
-        out.push(Decision {
-            action: Action::Destroy { worker_id: w.id },
-            reason: "worker_error",
-        });
-    }
-    let live: Vec<&WorkerView> = v
-        .workers
-        .iter()
-        .filter(|w| !matches!(w.state, WorkerState::Error | WorkerState::Destroying))
-        .collect();
-    // Errors still held occupy their slot against max_workers, so a crash loop is paced.
-    let held_errors = v
-        .workers
-        .iter()
-        .filter(|w| {
-            w.state == WorkerState::Error && w.in_state_for < tuning.error_hold && !w.may_return
-        })
-        .count() as u32;
-    let is_active = |w: &&&WorkerView| w.state.is_coming() || w.state == WorkerState::Idle;
-    let active: Vec<&WorkerView> = live.iter().filter(is_active).copied().collect();
-    let stopped: Vec<&WorkerView> = live
-        .iter()
-        .filter(|w| w.state == WorkerState::Stopped)
-        .copied()
-        .collect();
-    let ready: Vec<&WorkerView> = live
-        .iter()
-        .filter(|w| w.state == WorkerState::Idle)
-        .copied()
-        .collect();
+    };
+    let t = targets(v, tuning, &fleet);
+    reconcile(v, &fleet, &t, &mut out);
+    out
+}
 
-    if p.endpoint_state == EndpointState::Stopped {
-        for w in &active {
+/// The endpoint's workers sorted by what the autoscaler does with them.
+pub(crate) struct Fleet<'a> {
+    /// Neither errored nor being destroyed.
+    pub(crate) live: Vec<&'a WorkerView>,
+    /// Errors still held: they occupy their slot against `max_workers`.
+    pub(crate) held_errors: u32,
+    /// Coming up or ready.
+    pub(crate) active: Vec<&'a WorkerView>,
+    /// Cold.
+    pub(crate) stopped: Vec<&'a WorkerView>,
+    /// Ready.
+    pub(crate) ready: Vec<&'a WorkerView>,
+    /// Mean benchmarked throughput ([`DEFAULT_PERF`] until one is known).
+    pub(crate) perf: f64,
+}
+
+/// What a policy wants: active workers, workers in total (active and cold), and how long a
+/// surplus ready worker must have been idle before it is stopped.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Targets {
+    /// Active (coming or ready) workers wanted.
+    pub(crate) need_active: u32,
+    /// Why, when that means scaling up (a fixed reason string).
+    pub(crate) reason_up: &'static str,
+    /// Workers with the model loaded (active or stopped) wanted.
+    pub(crate) total_need: u32,
+    /// Idle seconds before a surplus ready worker stops.
+    pub(crate) idle_limit: f64,
+}
+
+impl<'a> Fleet<'a> {
+    /// Sorts the workers, and pushes the decisions that come before any target: errored
+    /// workers destroyed, every active worker of a `stopped` endpoint stopped. `None` when
+    /// nothing else is to be decided (a suspended or stopped endpoint).
+    pub(crate) fn of(
+        v: &'a EndpointView,
+        tuning: Tuning,
+        out: &mut Vec<Decision>,
+    ) -> Option<Fleet<'a>> {
+        let p = &v.params;
+        if p.endpoint_state == EndpointState::Suspended {
+            return None;
+        }
+        for w in v.workers.iter().filter(|w| {
+            w.state == WorkerState::Error && w.in_state_for >= tuning.error_hold && !w.may_return
+        }) {
             out.push(Decision {
-                action: Action::Stop { worker_id: w.id },
-                reason: "endpoint_stopped",
+                action: Action::Destroy { worker_id: w.id },
+                reason: "worker_error",
             });
         }
-        return out;
+        let live: Vec<&WorkerView> = v
+            .workers
+            .iter()
+            .filter(|w| !matches!(w.state, WorkerState::Error | WorkerState::Destroying))
+            .collect();
+        // Errors still held occupy their slot against max_workers, so a crash loop is paced.
+        let held_errors = v
+            .workers
+            .iter()
+            .filter(|w| {
+                w.state == WorkerState::Error && w.in_state_for < tuning.error_hold && !w.may_return
+            })
+            .count() as u32;
+        let is_active = |w: &&&WorkerView| w.state.is_coming() || w.state == WorkerState::Idle;
+        let active: Vec<&WorkerView> = live.iter().filter(is_active).copied().collect();
+        let stopped: Vec<&WorkerView> = live
+            .iter()
+            .filter(|w| w.state == WorkerState::Stopped)
+            .copied()
+            .collect();
+        let ready: Vec<&WorkerView> = live
+            .iter()
+            .filter(|w| w.state == WorkerState::Idle)
+            .copied()
+            .collect();
+
+        if p.endpoint_state == EndpointState::Stopped {
+            for w in &active {
+                out.push(Decision {
+                    action: Action::Stop { worker_id: w.id },
+                    reason: "endpoint_stopped",
+                });
+            }
+            return None;
+        }
+        let known: Vec<f64> = v
+            .workers
+            .iter()
+            .map(|w| w.max_perf)
+            .filter(|p| *p > 0.0)
+            .collect();
+        let perf = if known.is_empty() {
+            DEFAULT_PERF
+        } else {
+            known.iter().sum::<f64>() / known.len() as f64
+        };
+        Some(Fleet {
+            live,
+            held_errors,
+            active,
+            stopped,
+            ready,
+            perf,
+        })
     }
+}
 
-    let known: Vec<f64> = v
-        .workers
-        .iter()
-        .map(|w| w.max_perf)
-        .filter(|p| *p > 0.0)
-        .collect();
-    let perf = if known.is_empty() {
-        DEFAULT_PERF
-    } else {
-        known.iter().sum::<f64>() / known.len() as f64
-    };
-
+/// Vast's documented targets (steps 2 to 5 of the module docs).
+pub(crate) fn targets(v: &EndpointView, tuning: Tuning, fleet: &Fleet<'_>) -> Targets {
+    let p = &v.params;
+    let (active, ready, perf) = (&fleet.active, &fleet.ready, fleet.perf);
     let idle_limit = match p.inactivity_timeout {
         Some(t) if t > 0.0 => t,
         _ => tuning.idle_stop_after,
@@ -233,24 +293,14 @@ pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
         need_active = 1;
         reason_up = "min_load";
     }
-    let ready_perf: f64 = ready.iter().map(|w| w.max_perf).sum();
-    let backlog: f64 = ready.iter().map(|w| w.load).sum::<f64>() + v.queued_load;
     if v.queued > 0 && ready.is_empty() && need_active == 0 {
         need_active = 1;
         reason_up = "queued_requests";
     }
-    if ready_perf > 0.0 && backlog / ready_perf > p.target_queue_time {
-        let wanted_perf = if p.target_queue_time > 0.0 {
-            backlog / p.target_queue_time
-        } else {
-            backlog
-        };
-        let extra = ceil_workers(wanted_perf - ready_perf, perf).max(1);
-        let n = (ready.len() as u32).saturating_add(extra);
-        if n > need_active {
-            need_active = n;
-            reason_up = "queue_time";
-        }
+    let n = queue_pressure(v, fleet);
+    if n > need_active {
+        need_active = n;
+        reason_up = "queue_time";
     }
     // Busy workers stay.
     let busy = ready.iter().filter(|w| w.load > 0.0).count() as u32;
@@ -278,7 +328,48 @@ pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
         .max(need_active)
         .max(p.cold_workers)
         .min(p.max_workers);
+    Targets {
+        need_active,
+        reason_up,
+        total_need,
+        idle_limit,
+    }
+}
 
+/// Active workers the queue asks for: when the endpoint queue time (load on the ready workers
+/// plus queued work, over their throughput) exceeds `target_queue_time`, enough to bring it
+/// back; else 0.
+pub(crate) fn queue_pressure(v: &EndpointView, fleet: &Fleet<'_>) -> u32 {
+    let p = &v.params;
+    let ready = &fleet.ready;
+    let ready_perf: f64 = ready.iter().map(|w| w.max_perf).sum();
+    let backlog: f64 = ready.iter().map(|w| w.load).sum::<f64>() + v.queued_load;
+    if ready_perf > 0.0 && backlog / ready_perf > p.target_queue_time {
+        let wanted_perf = if p.target_queue_time > 0.0 {
+            backlog / p.target_queue_time
+        } else {
+            backlog
+        };
+        let extra = ceil_workers(wanted_perf - ready_perf, fleet.perf).max(1);
+        (ready.len() as u32).saturating_add(extra)
+    } else {
+        0
+    }
+}
+
+/// The actions that bring the fleet to the targets (steps 6 and 7 of the module docs):
+/// resume then launch when too few are active, launch into the cold pool when too few are
+/// loaded, stop (or destroy) idle surplus, trim surplus cold workers.
+pub(crate) fn reconcile(v: &EndpointView, fleet: &Fleet<'_>, t: &Targets, out: &mut Vec<Decision>) {
+    let p = &v.params;
+    let (live, active, stopped, ready) = (&fleet.live, &fleet.active, &fleet.stopped, &fleet.ready);
+    let held_errors = fleet.held_errors;
+    let Targets {
+        need_active,
+        reason_up,
+        total_need,
+        idle_limit,
+    } = *t;
     let n_active = active.len() as u32;
     let n_live = live.len() as u32;
     let mut room = p.max_workers.saturating_sub(n_live + held_errors);
@@ -323,13 +414,13 @@ pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
             missing -= 1;
         }
         if missing > 0 {
-            launch(missing, reason_up, &mut out, &mut room);
+            launch(missing, reason_up, out, &mut room);
         }
     } else if n_live + held_errors < total_need {
         launch(
             total_need - n_live - held_errors,
             "cold_pool",
-            &mut out,
+            out,
             &mut room,
         );
     }
@@ -369,7 +460,6 @@ pub fn decide(v: &EndpointView, tuning: Tuning) -> Vec<Decision> {
             });
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@
 //!   worker change goes into the logs ([`crate::events`]).
 //! - `manual.rs`: a person's stop or resume of one worker (the web console), carried out as
 //!   the autoscaler's own actions are.
+//! - `policy.rs`: the policy an endpoint selects (`autoscale_policy`: Vast's documented
+//!   model, KPA-like, Ray-like or Ferry's own) and the short [`History`] they read.
 //! - `rollout.rs`: rolling updates of a workergroup (`/update_workers/`), a step per tick.
 //!
 //! Here: the loop that runs a tick every interval and pumps provider events.
@@ -15,12 +17,14 @@
 mod apply;
 mod decide;
 mod manual;
+pub mod policy;
 pub mod rollout;
-mod view;
+pub(crate) mod view;
 
 pub use decide::{
     decide, Action, Decision, EndpointView, GroupView, Tuning, WorkerView, DEFAULT_PERF,
 };
+pub use policy::{decide_with, AutoscalePolicy, History};
 pub use view::status_line;
 
 use crate::Control;

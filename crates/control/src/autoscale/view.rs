@@ -45,7 +45,7 @@ pub(crate) fn endpoint_view(
             WorkerView {
                 id: w.id(),
                 state,
-                max_perf: w.max_perf(),
+                max_perf: w.perf(),
                 load: w.load(),
                 idle_for: mono - w.last_busy(),
                 in_state_for: mono - w.state_since(),

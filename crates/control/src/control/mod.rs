@@ -411,7 +411,7 @@ async fn adopt_instances(registry: &mut Registry, providers: &Providers, store: 
     }
 }
 
-fn restore(loaded: &Loaded, store: &dyn Store, keep_idle: bool) -> State {
+pub(crate) fn restore(loaded: &Loaded, store: &dyn Store, keep_idle: bool) -> State {
     let state = State {
         catalog: Catalog::restore(loaded),
         registry: Registry::restore(loaded, keep_idle),

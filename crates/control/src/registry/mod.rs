@@ -17,6 +17,7 @@
 //! (`MASTER_TOKEN`), both assigned at launch. A ready report from a known worker
 //! re-registers it as `idle`, which is how workers re-converge after a control-plane restart.
 
+pub mod capacity;
 mod index;
 mod worker;
 
@@ -68,6 +69,8 @@ pub struct Registry {
     workers: BTreeMap<i64, WorkerRec>,
     next_id: i64,
     index: index::RouteIndex,
+    /// Whether reports teach each worker's [`capacity`] (on unless switched off).
+    learn_capacity: bool,
 }
 
 impl Registry {
@@ -99,7 +102,14 @@ impl Registry {
             index: index::RouteIndex::build(workers.values()),
             workers,
             next_id: loaded.kv_parsed(KV_NEXT_WORKER_ID).unwrap_or(1001),
+            learn_capacity: true,
         }
+    }
+
+    /// Switches learning each worker's throughput from its reports on or off (off: the
+    /// benchmark alone counts, as Vast does).
+    pub fn set_learn_capacity(&mut self, on: bool) {
+        self.learn_capacity = on;
     }
 
     /// A worker.
@@ -240,7 +250,12 @@ impl Registry {
         mono: f64,
         store: &dyn Store,
     ) -> Result<(), ControlError> {
-        if self.authentic(s.id, &s.mtoken)?.apply_status(s, unix, mono) {
+        let learn = self.learn_capacity;
+        let w = self.authentic(s.id, &s.mtoken)?;
+        if learn {
+            w.learn(s, mono);
+        }
+        if w.apply_status(s, unix, mono) {
             self.persist(s.id, store);
         }
         self.reindex(s.id);
@@ -318,7 +333,7 @@ impl Registry {
             .map(|w| Candidate {
                 id: w.id,
                 routable: w.routable(mono, stale_after),
-                max_perf: w.max_perf,
+                max_perf: w.perf(),
                 load: w.load(),
             })
             .collect()

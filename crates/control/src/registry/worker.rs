@@ -7,6 +7,7 @@ use std::sync::Arc;
 use ferry_protocol::{TokenKey, WorkerStatus};
 use serde::{Deserialize, Serialize};
 
+use super::capacity::Capacity;
 use super::Origin;
 use crate::config::ProviderKind;
 /// Worker state (Vast's names, lower case on the wire).
@@ -142,6 +143,9 @@ pub struct WorkerRec {
     /// Its v2 token key (from `mtoken`), while its reports say it checks `ferry_mac`.
     #[serde(skip)]
     pub(super) mac_key: Option<Arc<TokenKey>>,
+    /// Throughput learned from its reports.
+    #[serde(skip)]
+    pub(super) capacity: Capacity,
 }
 
 /// A worker as the API lists it (the fields vastai's `Worker` reads). Fields in
@@ -219,6 +223,7 @@ impl WorkerRec {
             reqnum: 0,
             signature: None,
             mac_key: None,
+            capacity: Capacity::default(),
         }
     }
 
@@ -266,6 +271,11 @@ impl WorkerRec {
     /// Benchmark result (0 until known).
     pub fn max_perf(&self) -> f64 {
         self.max_perf
+    }
+    /// What it serves, workload units per second: the throughput learned from its reports
+    /// once known ([`Capacity`]), else its benchmark. Routing and scaling use this.
+    pub fn perf(&self) -> f64 {
+        self.capacity.perf(self.max_perf)
     }
     /// Monotonic seconds it last had work.
     pub fn last_busy(&self) -> f64 {
@@ -357,6 +367,27 @@ impl WorkerRec {
             self.last_busy = mono;
         }
         self.set_state(next, mono)
+    }
+
+    /// Feeds a report (already authenticated, not yet applied) to the learned throughput. A
+    /// new benchmark result starts it over.
+    pub(super) fn learn(&mut self, s: &WorkerStatus, mono: f64) {
+        if s.max_perf > 0.0 && s.max_perf != self.max_perf {
+            self.capacity.reset();
+        }
+        if let Some(prev) = self.last_report {
+            let benchmark = if s.max_perf > 0.0 {
+                s.max_perf
+            } else {
+                self.max_perf
+            };
+            self.capacity.observe(
+                mono - prev,
+                s.cur_perf.max(0.0),
+                s.cur_load.max(0.0),
+                benchmark,
+            );
+        }
     }
 
     /// Routable now?

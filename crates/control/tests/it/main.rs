@@ -1,6 +1,7 @@
 //! Integration tests: real control plane, real `ferry_worker::Worker`s in front of the sim.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod agree;
 mod connections;
 mod errors;
 mod fleet;
