@@ -18,6 +18,7 @@
 //! re-registers it as `idle`, which is how workers re-converge after a control-plane restart.
 
 mod index;
+mod pending;
 mod worker;
 
 pub use worker::{WorkerInfo, WorkerRec, WorkerState};
