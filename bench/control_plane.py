@@ -21,11 +21,19 @@ driven by `ferry bench --direct`). Three parts, each optional:
              to 10 warm workers whatever N is and N alone varies. After --callgrind-warm routes
              the counters are dumped and dropped; the next --callgrind-routes routes are
              counted. Deterministic for a given binary to a fraction of a percent.
+  report-callgrind  (not in the default --parts) The control plane under callgrind, collecting
+             everything, with --report-workers joined workers: --callgrind-warm reports, then 5 s
+             idle, then --callgrind-reports reports in turn over one keep-alive connection, each
+             window dumped. Instructions per report = (the reports' window minus the idle
+             window's rate over its duration) / reports: the whole process's user-space cost of
+             one report (HTTP, JSON, authentication, the record, re-keying, dispatch, metrics).
+             --keep keeps the dump for `callgrind_annotate --inclusive=yes`.
 
     python3 bench/control_plane.py [--ferry BIN] [--parts routes,reports,callgrind]
         [--workers 10,1000,10000] [--concurrency 1,16,64] [--seconds 5] [--rounds 2]
         [--report-workers 1000] [--report-seconds 10]
-        [--callgrind 10,10000] [--callgrind-warm 20] [--callgrind-routes 200] [--json-out FILE]
+        [--callgrind 10,10000] [--callgrind-warm 20] [--callgrind-routes 200]
+        [--callgrind-reports 2000] [--keep] [--threads N] [--json-out FILE]
 
 Loopback only; bounded in time and count. The machine's noise moves routes/s by tens of percent
 between runs; CPU per route moves less, and instruction counts not at all.
@@ -48,6 +56,7 @@ import route_scale as rs  # noqa: E402
 
 ROUTE_FN = "*ferry_control::control::Control>::route"
 DISPATCH_FN = "ferry_control::control::State>::dispatch"
+REPORT_FN = "ferry_control::api::worker::worker_status::{{closure}}"
 
 
 def ints(text: str) -> list[int]:
@@ -68,7 +77,7 @@ def routes(a, out: dict):
     try:
         for n in a.workers:
             t0 = time.time()
-            p = rs.Plane(a.ferry, f"{n} workers", "sqlite", 1, False, n)
+            p = rs.Plane(a.ferry, f"{n} workers", "sqlite", 1, False, n, extra=a.extra)
             planes[n] = p
             p.bench(a.ferry, 16, 0, requests=max(n, 200))
             print(f"{n} workers joined, ready and warm in {time.time() - t0:.0f} s", flush=True)
@@ -150,8 +159,36 @@ class Reporters:
             return self.sent
 
 
+def saturated_reports(plane, seconds: int, conns: int = 16) -> dict:
+    """Reports back to back (wrk, closed loop, `conns` keep-alive connections, one report body
+    per connection taken from the fleet), no routes: the control plane's CPU per report when it
+    is busy, so that a report does not pay for waking an idle process."""
+    d = tempfile.mkdtemp(prefix="ferry-reports-wrk-")
+    lua = os.path.join(d, "report.lua")
+    bodies = [json.dumps({k: v for k, v in w.items() if k != "via"}) for w in plane.workers[:conns]]
+    with open(lua, "w") as f:
+        f.write("local bodies = {" + ",".join("[[" + b + "]]" for b in bodies) + "}\n"
+                "local n = 0\n"
+                "function setup(thread) end\n"
+                "request = function()\n"
+                "  n = n + 1\n"
+                "  return wrk.format('POST', '/worker_status/', {['Content-Type'] = 'application/json'},"
+                " bodies[(n % #bodies) + 1])\n"
+                "end\n")
+    c0, t0 = control_cpu(plane), time.time()
+    res = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-s", lua, plane.urls[0] + "/worker_status/"],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    c1, t1 = control_cpu(plane), time.time()
+    rs.shutil.rmtree(d, ignore_errors=True)
+    m = re.search(r"(\d+) requests in", res.stdout)
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", res.stdout)
+    n = int(m.group(1)) if m else 0
+    return {"reports_per_s": n / (t1 - t0), "cpu_us_per_report": (c1 - c0) * TICK_US / max(n, 1),
+            "non_2xx": int(bad.group(1)) if bad else 0, "connections": conns}
+
+
 def reports(a, out: dict):
-    p = rs.Plane(a.ferry, "reports", "sqlite", 1, False, a.report_workers)
+    p = rs.Plane(a.ferry, "reports", "sqlite", 1, False, a.report_workers, extra=a.extra)
     try:
         p.bench(a.ferry, 16, 0, requests=max(a.report_workers, 200))
         s = a.report_seconds
@@ -170,12 +207,22 @@ def reports(a, out: dict):
             with_reports["reports_per_s"] = (rep.count() - n0) / s
             failed = rep.failed
         without = p.measure(a.ferry, 16, s)
-        out["reports"] = {"workers": a.report_workers, "idle_cpu_us_per_s": idle_per_s, "alone": alone,
+        saturated = saturated_reports(p, s)
+        # What the reports added while routes ran: the CPU of the run with reports minus what
+        # its routes would have cost at the CPU per route of the run without, per report.
+        # Noisy (a difference of two wall-clock runs on a shared machine); see `saturated`.
+        n_rep = with_reports["reports_per_s"] * s
+        marginal = ((with_reports["cpu_us_ferry"] - without["cpu_us_ferry"]) * with_reports["requests"]
+                    / max(n_rep, 1))
+        out["reports"] = {"saturated": saturated, "marginal_cpu_us_per_report": marginal, "workers": a.report_workers, "idle_cpu_us_per_s": idle_per_s, "alone": alone,
                           "routes_with_reports": with_reports, "routes_without": without,
                           "failed_reports": failed}
         print(f"\n{a.report_workers} workers reporting every second: {alone['reports_per_s']:.0f} reports/s, "
               f"{alone['cpu_us_per_report']:.1f} µs CPU per report (idle {idle_per_s:.0f} µs/s subtracted); "
               f"{failed} failed")
+        print(f"marginal CPU per report while routes ran: {marginal:.1f} µs (difference of two runs: noisy)")
+        print(f"reports back to back (wrk, 16 connections, no routes): {saturated['reports_per_s']:,.0f} reports/s, "
+              f"{saturated['cpu_us_per_report']:.1f} µs CPU per report, {saturated['non_2xx']} non-2xx")
         for name, f in (("with reports", with_reports), ("without", without)):
             extra = f", {f['reports_per_s']:.0f} reports/s" if "reports_per_s" in f else ""
             print(f"routes at c=16 {name}: {f['rps']:,.0f} routes/s, p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, "
@@ -213,7 +260,8 @@ def callgrind(a, out: dict):
         cg = os.path.join(d, "cg.out")
         wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}", f"--toggle-collect={ROUTE_FN}"]
         t0 = time.time()
-        p = rs.Plane(a.ferry, f"callgrind {n}", "sqlite", 1, False, n, wrap=wrap, light=min(10, n))
+        p = rs.Plane(a.ferry, f"callgrind {n}", "sqlite", 1, False, n, wrap=wrap, light=min(10, n),
+                     extra=a.extra)
         try:
             pid = p.procs[0].pid
             p.bench(a.ferry, 1, 0, requests=a.callgrind_warm)
@@ -235,6 +283,69 @@ def callgrind(a, out: dict):
     out["callgrind"] = res
 
 
+def send_reports(plane, n: int) -> int:
+    """`n` reports in turn over one keep-alive connection, cycling through the fleet; returns
+    how many were answered 200."""
+    host = plane.urls[0].removeprefix("http://")
+    conn = http.client.HTTPConnection(host, timeout=600)
+    ok = 0
+    for i in range(n):
+        w = plane.workers[i % len(plane.workers)]
+        body = json.dumps({k: v for k, v in w.items() if k != "via"})
+        conn.request("POST", "/worker_status/", body, {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        ok += r.status == 200
+    conn.close()
+    return ok
+
+
+def report_callgrind(a, out: dict):
+    """Instructions per report in the whole control-plane process (HTTP, JSON, registry,
+    dispatch, metrics), user space only: --report-workers joined and ready, then an idle
+    window and a window of --callgrind-reports reports, each dumped; the idle window's
+    instructions per second (housekeeping, timers) are subtracted from the reports' window."""
+    d = tempfile.mkdtemp(prefix="ferry-cg-reports-")
+    cg = os.path.join(d, "cg.out")
+    wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"]
+    n, t0 = a.report_workers, time.time()
+    p = rs.Plane(a.ferry, "report callgrind", "sqlite", 1, False, n, wrap=wrap, extra=a.extra)
+    try:
+        pid = str(p.procs[0].pid)
+        send_reports(p, a.callgrind_warm)
+        subprocess.run(["callgrind_control", "--dump=warm", pid], capture_output=True, timeout=600)
+        ti = time.time()
+        time.sleep(5)
+        subprocess.run(["callgrind_control", "--dump=idle", pid], capture_output=True, timeout=600)
+        ti = time.time() - ti
+        tr = time.time()
+        ok = send_reports(p, a.callgrind_reports)
+        subprocess.run(["callgrind_control", "--dump=reports", pid], capture_output=True, timeout=600)
+        tr = time.time() - tr
+    finally:
+        p.stop()
+    dumps = sorted(glob.glob(cg + ".*"), key=lambda f: int(f.rsplit(".", 1)[1]) if f.rsplit(".", 1)[1].isdigit() else 0)
+    numbered = {int(f.rsplit(".", 1)[1]): f for f in dumps if f.rsplit(".", 1)[1].isdigit()}
+    if not all(k in numbered for k in (2, 3)):
+        raise SystemExit(f"report callgrind: dumps missing in {dumps}")
+    idle, rep = numbered[2], numbered[3]
+    idle_rate = total_ir(idle) / ti
+    ir = total_ir(rep)
+    per = (ir - idle_rate * tr) / max(ok, 1)
+    handler = inclusive(rep, REPORT_FN) / max(ok, 1)
+    res = {"workers": n, "reports": ok, "ir_per_report": per, "ir_raw_per_report": ir / max(ok, 1),
+           "idle_ir_per_s": idle_rate, "worker_status_ir_per_report": handler}
+    if a.keep:
+        res["dump"] = rep
+        print(f"report callgrind: kept {rep}")
+    else:
+        rs.shutil.rmtree(d, ignore_errors=True)
+    out["report_callgrind"] = res
+    print(f"report callgrind ({n} workers, {ok} reports): {per:,.0f} instructions per report in the process "
+          f"({ir / max(ok, 1):,.0f} before subtracting {idle_rate:,.0f} idle Ir/s over {tr:.1f} s), "
+          f"of which Control::worker_status {handler:,.0f}  ({time.time() - t0:.0f} s)", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_bin = os.path.join(rs.ROOT, "target", "release", "ferry")
@@ -249,10 +360,14 @@ def main() -> int:
     ap.add_argument("--callgrind", type=ints, default=[10, 10000])
     ap.add_argument("--callgrind-warm", type=int, default=20)
     ap.add_argument("--callgrind-routes", type=int, default=200)
+    ap.add_argument("--callgrind-reports", type=int, default=2000)
+    ap.add_argument("--keep", action="store_true", help="keep the report-callgrind dump for callgrind_annotate")
+    ap.add_argument("--threads", type=int, help="pass --threads N to ferry control (its runtime threads)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
+    a.extra = [] if a.threads is None else ["--threads", str(a.threads)]
     if max(a.workers + a.callgrind + [a.report_workers]) > 60000 or a.seconds > 120 or a.rounds > 10 \
-            or a.callgrind_routes > 100000:
+            or a.callgrind_routes > 100000 or a.callgrind_reports > 100000:
         raise SystemExit("bounded: at most 60000 workers, 120 s per run, 10 rounds, 100000 counted routes")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out: dict = {"machine": rs.machine(), "ferry": a.ferry, "load_before": rs.loadavg(),
@@ -264,6 +379,8 @@ def main() -> int:
         reports(a, out)
     if "callgrind" in parts:
         callgrind(a, out)
+    if "report-callgrind" in parts:
+        report_callgrind(a, out)
     out["load_after"] = rs.loadavg()
     print(f"\nload average before {out['load_before']}, after {out['load_after']}")
     if a.json_out:

@@ -128,12 +128,12 @@ class Plane:
     """One row: `replicas` x `ferry control` on one store, N joined workers, maybe behind nginx."""
 
     def __init__(self, ferry: str, label: str, store: str, replicas: int, balanced: bool, workers: int,
-                 pg_dir=None, wrap=(), light=None):
+                 pg_dir=None, wrap=(), light=None, extra=()):
         """`wrap` prefixes the replicas' command (valgrind, say); with `light`, only that many
         workers report an empty queue and the others a long one (routes then go to the light
-        ones, whatever the fleet's size)."""
+        ones, whatever the fleet's size). `extra` is appended to each replica's command line."""
         self.label, self.store, self.replicas, self.balanced = label, store, replicas, balanced
-        self.wrap, self.light = list(wrap), light
+        self.wrap, self.light, self.extra = list(wrap), light, list(extra)
         self.workers: list[dict] = []
         self.pg_dir = pg_dir if store != "sqlite" else None
         self.procs: list[subprocess.Popen] = []
@@ -159,6 +159,7 @@ class Plane:
                     "--pending-ttl-s", "5", "--max-connections", "4096"]
             if store != "sqlite":
                 args += ["--store", store]
+            args += self.extra
             if replicas > 1:
                 args += ["--replicas", ",".join(self.urls), "--public-url", self.urls[i]]
             # Nothing of the caller's Ferry settings (FERRY_STORE from pg-cluster.sh, say) leaks in.

@@ -140,10 +140,12 @@ fn run_worker(matches: &clap::ArgMatches) -> Result<(), Failure> {
 }
 
 fn run_on_runtime(command: OnRuntime) -> Result<(), Failure> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    // `ferry control` picks its thread count (FERRY_CONTROL_THREADS); the rest use one per core.
+    let threads = match &command {
+        OnRuntime::Control(cmd) if cmd.action.is_none() => cmd.args.threads,
+        _ => 0,
+    };
+    let runtime = ferry_worker::cli::runtime(threads).context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match command {
             OnRuntime::SimModel(args) => run_sim(args).await,

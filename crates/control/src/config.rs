@@ -135,6 +135,11 @@ pub struct ControlArgs {
     #[arg(long, env = "FERRY_CONTROL_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Runtime threads: 0 = one per core, 1 = a single-threaded runtime (no cross-thread
+    /// wake-ups per request; see docs/control.md). Read by the binary that builds the runtime.
+    #[arg(long, env = "FERRY_CONTROL_THREADS", default_value = "0")]
+    pub threads: usize,
+
     /// Seconds a client gets to send a request's headers (from connect, or from a kept-alive
     /// connection's first new byte).
     #[arg(long, env = "FERRY_CONTROL_HEADER_TIMEOUT_S", default_value = "10")]

@@ -255,6 +255,27 @@ impl PublicKey {
             .map_err(|_| SignatureError::Mismatch)
     }
 
+    /// The bytes of a signature as [`PublicKey::verify`] decodes them (Python's lenient
+    /// `b64decode`), or why they cannot be a signature under this key (encoding, length).
+    ///
+    /// RSA PKCS#1 v1.5 is deterministic and a signature must be exactly the modulus' length
+    /// and below the modulus, so one key has exactly one valid signature per message: once
+    /// `(message, bytes)` has verified, any other bytes for the same message are wrong without
+    /// an RSA operation (how the worker refuses a forged signature for its own URL cheaply).
+    pub fn signature_bytes(&self, signature_b64: &str) -> Result<Vec<u8>, SignatureError> {
+        let k = self.inner.size;
+        let mut sig = vec![0u8; k];
+        let len = pycompat::b64decode_into(signature_b64, &mut sig)
+            .map_err(|_| SignatureError::Encoding)?;
+        if len != k {
+            return Err(SignatureError::Length {
+                expected: k,
+                actual: len,
+            });
+        }
+        Ok(sig)
+    }
+
     /// Checks Vast's signature for a worker URL: [`PublicKey::verify`] over
     /// [`vast_message`]`(url)`.
     pub fn verify_url(&self, url: &str, signature_b64: &str) -> Result<(), SignatureError> {

@@ -221,25 +221,43 @@ impl PublicKey {
     /// compare `auth.url` with the worker's own advertised URL for that (Vast's worker does not,
     /// so any worker accepts a ticket signed for another).
     pub fn verify_ferry(&self, auth: &AuthData, now_unix: u64) -> Result<(), TokenError> {
-        let (Some(exp), Some(sig)) = (auth.ferry_exp, auth.ferry_sig.as_deref()) else {
-            return Err(TokenError::Missing);
-        };
-        if now_unix >= exp {
-            return Err(TokenError::Expired { exp, now: now_unix });
-        }
-        let cost = auth.cost.as_f64().ok_or(TokenError::BadSignature)?;
-        let msg = message(
+        let (sig, msg) = claimed(
+            auth,
+            auth.ferry_sig.as_deref(),
             FERRY_TOKEN_VERSION,
-            &auth.url,
-            &auth.endpoint,
-            auth.request_idx,
-            auth.reqnum,
-            cost,
-            exp,
-        );
+            now_unix,
+        )?;
         self.verify(msg.as_bytes(), sig)
             .map_err(|_| TokenError::BadSignature)
     }
+}
+
+/// What the v1 and v2 checks share, in their order: the token and `ferry_exp` present, not
+/// expired at `now_unix` (before any cryptography), and the canonical message under `version`
+/// of the claims rebuilt from `auth`. Returns the token as sent and that message.
+fn claimed<'a>(
+    auth: &AuthData,
+    token: Option<&'a str>,
+    version: &str,
+    now_unix: u64,
+) -> Result<(&'a str, String), TokenError> {
+    let (Some(exp), Some(token)) = (auth.ferry_exp, token) else {
+        return Err(TokenError::Missing);
+    };
+    if now_unix >= exp {
+        return Err(TokenError::Expired { exp, now: now_unix });
+    }
+    let cost = auth.cost.as_f64().ok_or(TokenError::BadSignature)?;
+    let msg = message(
+        version,
+        &auth.url,
+        &auth.endpoint,
+        auth.request_idx,
+        auth.reqnum,
+        cost,
+        exp,
+    );
+    Ok((token, msg))
 }
 
 /// One worker's MAC key for Ferry's v2 token (`ferry_mac`), derived from the master token that
@@ -282,12 +300,7 @@ impl TokenKey {
     /// encoding, so one grant has one accepted spelling (the worker's replay check relies on
     /// it); the comparison is constant-time (`ring::hmac::verify`). `ferry_sig` is not looked at.
     pub fn verify(&self, auth: &AuthData, now_unix: u64) -> Result<(), TokenError> {
-        let (Some(exp), Some(mac)) = (auth.ferry_exp, auth.ferry_mac.as_deref()) else {
-            return Err(TokenError::Missing);
-        };
-        if now_unix >= exp {
-            return Err(TokenError::Expired { exp, now: now_unix });
-        }
+        let (mac, msg) = claimed(auth, auth.ferry_mac.as_deref(), FERRY_MAC_VERSION, now_unix)?;
         let mut tag = [0u8; MAC_LEN];
         let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode_slice(mac.as_bytes(), &mut tag)
@@ -295,16 +308,6 @@ impl TokenKey {
         if decoded != MAC_LEN {
             return Err(TokenError::BadSignature);
         }
-        let cost = auth.cost.as_f64().ok_or(TokenError::BadSignature)?;
-        let msg = message(
-            FERRY_MAC_VERSION,
-            &auth.url,
-            &auth.endpoint,
-            auth.request_idx,
-            auth.reqnum,
-            cost,
-            exp,
-        );
         ring::hmac::verify(&self.key, msg.as_bytes(), &tag).map_err(|_| TokenError::BadSignature)
     }
 }

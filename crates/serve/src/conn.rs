@@ -43,12 +43,13 @@ pub(crate) struct Conn {
     /// Milliseconds after `opened` when bytes arrived on an idle connection (a new request's
     /// headers starting); [`NEVER`] otherwise.
     head_since: AtomicU64,
-    /// Cancelled when the accept loop evicts this connection.
+    /// Cancelled when the accept loop evicts this connection, and with the server's kill token
+    /// (its parent), so a connection's task watches one token for both.
     pub(crate) evict: CancellationToken,
 }
 
 impl Conn {
-    fn new(id: u64, peer: SocketAddr) -> Conn {
+    fn new(id: u64, peer: SocketAddr, kill: &CancellationToken) -> Conn {
         Conn {
             id,
             peer,
@@ -56,7 +57,7 @@ impl Conn {
             state: AtomicU32::new(0),
             idle_since: AtomicU64::new(NEVER),
             head_since: AtomicU64::new(NEVER),
-            evict: CancellationToken::new(),
+            evict: kill.child_token(),
         }
     }
 
@@ -145,6 +146,8 @@ impl Drop for RequestGuard {
 /// The open connections of one listener, oldest first.
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
+    /// The server's kill token, parent of every connection's `evict`.
+    kill: CancellationToken,
 }
 
 struct Inner {
@@ -163,12 +166,13 @@ pub(crate) enum Admission {
 }
 
 impl Registry {
-    pub(crate) fn new() -> Registry {
+    pub(crate) fn new(kill: CancellationToken) -> Registry {
         Registry {
             inner: Mutex::new(Inner {
                 next_id: 0,
                 conns: BTreeMap::new(),
             }),
+            kill,
         }
     }
 
@@ -188,7 +192,7 @@ impl Registry {
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        let conn = Arc::new(Conn::new(id, peer));
+        let conn = Arc::new(Conn::new(id, peer, &self.kill));
         inner.conns.insert(id, Arc::clone(&conn));
         match victim {
             Some(v) => Admission::Evicted(conn, v),
@@ -366,7 +370,7 @@ mod tests {
 
     #[test]
     fn eviction_takes_the_oldest_connection_not_serving() {
-        let reg = Registry::new();
+        let reg = Registry::new(CancellationToken::new());
         let a = match reg.admit(peer(), 2) {
             Admission::Open(c) => c,
             _ => panic!("first connection must open"),
@@ -391,7 +395,7 @@ mod tests {
 
     #[test]
     fn all_busy_means_full() {
-        let reg = Registry::new();
+        let reg = Registry::new(CancellationToken::new());
         let a = match reg.admit(peer(), 1) {
             Admission::Open(c) => c,
             _ => panic!("first connection must open"),
@@ -406,7 +410,7 @@ mod tests {
         let limits = Limits::new("t")
             .header_timeout(Duration::from_secs(10))
             .idle_timeout(Duration::from_secs(60));
-        let conn = Arc::new(Conn::new(0, peer()));
+        let conn = Arc::new(Conn::new(0, peer(), &CancellationToken::new()));
         let t0 = Instant::now();
         assert_eq!(
             conn.deadline(&limits),

@@ -66,6 +66,24 @@ pub use limits::{
 use conn::{Admission, Conn, Registry, Tracked, Watched};
 use telemetry::Phase;
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the proxy ones): they describe one connection and
+/// stay behind when a message is relayed. The one list for the worker's relay to the model
+/// server and the control plane's hand-off between replicas.
+pub fn is_hop_by_hop(name: &http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
 /// Pause after `accept()` fails for a reason other than the peer (most often: out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -144,14 +162,15 @@ pub async fn serve_with<A: Acceptor>(
         idle_timeout_ms = limits.idle_timeout.as_millis(),
         "accept loop started"
     );
+    let kill = CancellationToken::new();
     let server = Arc::new(Server {
         builder: builder(),
-        registry: Registry::new(),
+        registry: Registry::new(kill.clone()),
         refusing: Arc::new(Semaphore::new(
             (limits.max_connections / 8).clamp(1, MAX_REFUSING),
         )),
         stop: CancellationToken::new(),
-        kill: CancellationToken::new(),
+        kill,
         limits,
         acceptor,
         app,
@@ -312,9 +331,10 @@ impl<A: Acceptor> Server<A> {
             id: conn.id,
             listener: limits.name,
         };
+        // `conn.evict` is a child of `self.kill`: one token to watch for both, polled on every
+        // wake-up of the connection.
         let io = tokio::select! {
             biased;
-            () = self.kill.cancelled() => return,
             () = conn.evict.cancelled() => return,
             () = self.stop.cancelled() => return,
             () = sleep_until(conn.first_deadline(limits)) => {
@@ -338,7 +358,6 @@ impl<A: Acceptor> Server<A> {
             let wake = conn.next_check(Instant::now(), limits);
             tokio::select! {
                 biased;
-                () = self.kill.cancelled() => return,
                 () = conn.evict.cancelled() => return,
                 done = http.as_mut() => {
                     if let Err(e) = done {

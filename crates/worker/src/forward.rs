@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use ferry_serve::is_hop_by_hop;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
@@ -192,24 +193,8 @@ fn classify(e: hyper_util::client::legacy::Error) -> WorkerError {
     }
 }
 
-/// Hop-by-hop headers: they describe one connection and stay behind (PyWorker copies
-/// `Connection: close` through, which makes every client reconnect).
-fn is_hop_by_hop(name: &http::HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    )
-}
-
-/// Response headers worth passing to the client: everything end-to-end.
+/// Response headers worth passing to the client: everything end-to-end (hop-by-hop ones stay
+/// behind: PyWorker copies `Connection: close` through, which makes every client reconnect).
 pub fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         if !is_hop_by_hop(name) {

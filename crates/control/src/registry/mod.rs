@@ -19,6 +19,7 @@
 
 pub mod capacity;
 mod index;
+mod pending;
 mod worker;
 
 pub use worker::{WorkerInfo, WorkerRec, WorkerState};

@@ -1,13 +1,13 @@
 //! One worker's record ([`WorkerRec`]), its state ([`WorkerState`]) and how the API lists it
 //! ([`WorkerInfo`]). Its fields change only through the [`Registry`](super::Registry).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_protocol::{TokenKey, WorkerStatus};
 use serde::{Deserialize, Serialize};
 
 use super::capacity::Capacity;
+use super::pending::Pending;
 use super::Origin;
 use crate::config::ProviderKind;
 /// Worker state (Vast's names, lower case on the wire).
@@ -133,7 +133,7 @@ pub struct WorkerRec {
     pub(super) last_busy: f64,
     /// Routed load not yet seen in a report: `request_idx` → (cost, monotonic seconds).
     #[serde(skip)]
-    pub(super) pending: HashMap<u64, (f64, f64)>,
+    pub(super) pending: Pending,
     /// Requests routed to it so far (`reqnum`).
     #[serde(skip)]
     pub(super) reqnum: u64,
@@ -219,7 +219,7 @@ impl WorkerRec {
             unreachable: false,
             state_since: mono,
             last_busy: mono,
-            pending: HashMap::new(),
+            pending: Pending::default(),
             reqnum: 0,
             signature: None,
             mac_key: None,
@@ -303,7 +303,7 @@ impl WorkerRec {
 
     /// Routed load not yet acknowledged.
     pub fn pending_load(&self) -> f64 {
-        self.pending.values().map(|(c, _)| c).sum()
+        self.pending.sum()
     }
 
     /// Reported plus routed-since load.

@@ -215,18 +215,9 @@ async fn hand(node: &Node, parts: &axum::http::request::Parts, body: Bytes, owne
     }
 }
 
-/// The headers without the hop-by-hop ones (RFC 9110 §7.6.1) and `Host`.
+/// The headers without the hop-by-hop ones ([`ferry_serve::is_hop_by_hop`], any other
+/// `proxy-*`, and those the `Connection` header names) and `Host`.
 fn end_to_end(h: &HeaderMap) -> HeaderMap {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-    ];
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -236,7 +227,10 @@ fn end_to_end(h: &HeaderMap) -> HeaderMap {
         .collect();
     h.iter()
         .filter(|(k, _)| {
-            !HOP.contains(&k.as_str()) && !k.as_str().starts_with("proxy-") && !named.contains(k)
+            !ferry_serve::is_hop_by_hop(k)
+                && *k != header::HOST
+                && !k.as_str().starts_with("proxy-")
+                && !named.contains(k)
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()

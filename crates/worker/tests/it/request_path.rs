@@ -116,6 +116,37 @@ async fn bad_signature_is_401_and_counted_rejected() {
 }
 
 #[tokio::test]
+async fn once_our_signature_is_known_others_are_refused_and_respellings_accepted() {
+    let (_cp, sim, w) = setup(SimConfig::default(), &[]).await;
+    let payload = json!({"prompt": "x", "max_tokens": 1});
+    // The valid signature verifies (RSA) and is remembered with its bytes.
+    let good = body(PUBLIC_URL, 41, payload.clone());
+    assert_eq!(w.post("/v1/completions", &good).await.status(), 200);
+    // A well-formed signature over another url, presented for ours: other bytes than the one
+    // valid signature, refused (without an RSA operation, which the answer cannot show).
+    let mut forged = body(PUBLIC_URL, 42, payload.clone());
+    forged["auth_data"]["signature"] = json!(key().sign_url("http://10.0.0.1:1").unwrap());
+    let res = w.post("/v1/completions", &forged).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["code"], "bad_signature");
+    // Garbage that is not base64 of the key's length: refused too.
+    let mut garbage = body(PUBLIC_URL, 43, payload.clone());
+    garbage["auth_data"]["signature"] = json!("AAAA");
+    assert_eq!(w.post("/v1/completions", &garbage).await.status(), 401);
+    // The valid signature with a line break inside, which Python's b64decode skips: the same
+    // bytes, so still accepted, as PyWorker accepts it.
+    let sig = good["auth_data"]["signature"].as_str().unwrap().to_owned();
+    let mut respelled = body(PUBLIC_URL, 44, payload);
+    respelled["auth_data"]["signature"] = json!(format!("{}\n{}", &sig[..64], &sig[64..]));
+    assert_eq!(w.post("/v1/completions", &respelled).await.status(), 200);
+    assert_eq!(
+        sim.state.stats().requests,
+        2,
+        "only the two valid requests reach the model"
+    );
+}
+
+#[tokio::test]
 async fn requests_are_refused_until_the_key_is_loaded() {
     let cp = FakeControlPlane::start().await;
     cp.set_down(true);
