@@ -29,6 +29,7 @@ pub const ENDPOINT_FIELDS: &[Field] = &[
     Field { name: "max_queue_time", label: "max_queue_time", hint: "Seconds: a worker whose queue is longer gets no new request. Default 30.", kind: NUM },
     Field { name: "target_queue_time", label: "target_queue_time", hint: "Seconds of endpoint queue time above which workers are added. Default 10.", kind: NUM },
     Field { name: "inactivity_timeout", label: "inactivity_timeout", hint: "Seconds without requests before scaling to zero; 0 no gating, negative never.", kind: NUM },
+    Field { name: "autoscale_policy", label: "autoscale_policy", hint: "Ferry: vast (Vast's documented model, the default), kpa, ray or ferry; compare them on your traffic with ferry simulate.", kind: Kind::Select(&["vast", "kpa", "ray", "ferry"]) },
 ];
 
 /// A workergroup's fields (Ferry's, then Vast's).
@@ -222,6 +223,7 @@ pub fn endpoint_values(ep: &Endpoint) -> HashMap<String, String> {
             "inactivity_timeout",
             p.inactivity_timeout.map(num).unwrap_or_default(),
         ),
+        ("autoscale_policy", p.autoscale_policy.as_str().to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

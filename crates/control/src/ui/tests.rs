@@ -340,6 +340,11 @@ async fn forms_validate_on_the_server_and_show_the_error_by_the_field() {
             "max_workers",
             "non-negative integer",
         ),
+        (
+            new(&[("endpoint_name", "ok"), ("autoscale_policy", "greedy")]),
+            "autoscale_policy",
+            "must be vast, kpa, ray or ferry",
+        ),
         (new(&[]), "endpoint_name", "required"),
     ] {
         let form: Vec<(&str, String)> = post(&form);
@@ -407,11 +412,25 @@ async fn forms_validate_on_the_server_and_show_the_error_by_the_field() {
             "POST",
             &edit,
             &cookie,
-            &[("csrf", &csrf), ("cold_workers", "2")],
+            &[
+                ("csrf", &csrf),
+                ("cold_workers", "2"),
+                ("autoscale_policy", "ferry"),
+            ],
         )
         .await;
     assert_eq!(a.status, StatusCode::SEE_OTHER);
-    assert_eq!(c.control.endpoint(id).unwrap().params.cold_workers, 2);
+    let params = c.control.endpoint(id).unwrap().params;
+    assert_eq!(params.cold_workers, 2);
+    assert_eq!(
+        params.autoscale_policy,
+        crate::autoscale::AutoscalePolicy::Ferry
+    );
+    assert!(c
+        .get(&edit, &cookie)
+        .await
+        .body
+        .contains(r#"<option value="ferry" selected>"#));
     let groups = format!("/ui/endpoints/{id}/groups/new");
     let a = c
         .send(
