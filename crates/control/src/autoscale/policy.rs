@@ -374,9 +374,11 @@ fn ray_targets(v: &EndpointView, fleet: &Fleet<'_>, h: &mut History) -> Targets 
 ///   price of a cold start over the endpoint's recent quiet spells (a cold start priced at
 ///   [`COLD_START_PRICE`] × the measured resume time: the resume is billed, and the requests
 ///   of a burst wait for it).
-/// - Surplus workers (above the target) stop as soon as they are empty for a quarter of the
-///   measured resume time: spreading requests keeps every worker a little busy, so waiting
-///   for a long idle spell would keep them all.
+/// - Surplus workers (above the target) stop as soon as they are empty for the measured
+///   resume time (at their first empty moment when more than twice the target): spreading
+///   requests keeps every worker a little busy, so waiting for a long idle spell would keep
+///   them all. Until the history covers [`LONG_WINDOW_S`], they wait the control plane's
+///   idle limit instead: the rates seen so far under-state the load.
 /// - Cold tier sized from demand, not launched ahead: the loaded workers kept (ready or
 ///   stopped) are those that were needed at the 60 s peak of the last 15 minutes (at least
 ///   one), never more than Vast's cold pool; none is launched just to fill the pool.
@@ -391,7 +393,7 @@ pub(crate) fn ferry_targets(
     let cap = fleet.perf * p.target_util;
     let resume = h.resume_s.unwrap_or(30.0);
     let short = h.mean_rate(10.0);
-    let long = h.mean_rate(60.0);
+    let long = h.mean_rate(LONG_WINDOW_S);
     let trend = ((short - long) / 25.0).max(0.0);
     let predicted = short.max(long) + trend * resume;
     let mut need = ceil_workers(predicted.max(p.min_load), cap);
@@ -420,7 +422,9 @@ pub(crate) fn ferry_targets(
     // is shed at its first empty moment; a small one waits a resume time, so a worker
     // resumed for a burst is not stopped in the burst's next lull.
     let n_active = fleet.active.len() as u32;
-    let idle_limit = if n_active > 2 * need + 1 {
+    let idle_limit = if h.clock < LONG_WINDOW_S {
+        tuning.idle_stop_after
+    } else if n_active > 2 * need + 1 {
         1.0
     } else {
         (resume * SURPLUS_IDLE_RESUMES).max(1.0)
@@ -435,6 +439,11 @@ pub(crate) fn ferry_targets(
     }
 }
 
+/// Ferry: the long window of the arrival rate, seconds. Until the history covers it, the
+/// rates under-state the load (a fresh control plane, or a policy just switched on, has seen
+/// a few seconds of it), so surplus workers wait the control plane's idle limit, as under
+/// Vast's policy, instead of being shed on that partial evidence.
+pub const LONG_WINDOW_S: f64 = 60.0;
 /// Ferry: ready workers kept above the target while the predicted load is above
 /// [`SPARE_ABOVE`] of one worker's, for the bursts that come faster than a resume.
 pub const HOT_SPARES: u32 = 1;
@@ -650,6 +659,29 @@ mod tests {
         }
         h.tick(1.0, 50.0);
         assert_eq!(h.keep_warm(300.0, 60.0, KEEP_WARM_MAX_S), 60.0);
+    }
+
+    #[test]
+    fn ferry_keeps_a_prewarmed_fleet_until_its_history_covers_the_long_window() {
+        // Four ready workers, one busy, 20 units/s routed: one worker of 100/s is the target
+        // (no spare below half a worker's load), the other three are surplus, empty for 5 s.
+        let mut workers: Vec<WorkerView> =
+            (1..=4).map(|i| w(i, WorkerState::Idle, 0.0, 5.0)).collect();
+        workers[0].load = 20.0;
+        let v = view(AutoscalePolicy::Ferry, workers);
+        let mut h = History::default();
+        for _ in 0..5 {
+            h.tick(1.0, 20.0);
+        }
+        // Five seconds of history: the surplus waits the control plane's idle limit.
+        let d = decide_with(AutoscalePolicy::Ferry, &v, T, &mut h);
+        assert_eq!(stopped(&d), 0, "{d:?}");
+        // A full long window of the same load: the surplus is shed.
+        for _ in 0..LONG_WINDOW_S as u32 {
+            h.tick(1.0, 20.0);
+        }
+        let d = decide_with(AutoscalePolicy::Ferry, &v, T, &mut h);
+        assert_eq!(stopped(&d), 3, "{d:?}");
     }
 
     #[test]
