@@ -27,7 +27,10 @@ pub mod session;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
+use axum::extract::{
+    DefaultBodyLimit, Form, FromRequest, FromRequestParts, Path, Query, Request, State,
+};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -242,6 +245,64 @@ impl Ui {
     }
 }
 
+/// A page's caller, signed in ([`Ui::gate`]); otherwise the answer is the way to sign in.
+struct Page(Signed);
+
+impl FromRequestParts<Ui> for Page {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Page, Response> {
+        ui.gate(&parts.headers).map(Page).map_err(|r| *r)
+    }
+}
+
+/// A live refresh's caller, signed in; otherwise 401 (the script then goes to the sign-in page).
+struct Live(Signed);
+
+impl FromRequestParts<Ui> for Live {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Live, Response> {
+        ui.gate(&parts.headers)
+            .map(Live)
+            .map_err(|_| (StatusCode::UNAUTHORIZED, "sign in again").into_response())
+    }
+}
+
+/// A form posted by a signed-in caller with this session's CSRF token ([`Ui::gate_form`]);
+/// otherwise the answer is the way to sign in, or 403 and nothing changed.
+struct Posted {
+    s: Signed,
+    form: Fields,
+}
+
+impl FromRequest<Ui> for Posted {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, ui: &Ui) -> Result<Posted, Response> {
+        let headers = req.headers().clone();
+        let Form(form) = Form::<Fields>::from_request(req, ui)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let s = ui.gate_form(&headers, &form).map_err(|r| *r)?;
+        Ok(Posted { s, form })
+    }
+}
+
+/// A form's API body read and parsed as the JSON API parses it, with `extra` fields set.
+fn read<P>(
+    form: &Fields,
+    fields: &[pages::Field],
+    extra: Option<(&str, Value)>,
+    parse: fn(&Map<String, Value>) -> Result<P, ControlError>,
+) -> Result<P, ControlError> {
+    let mut body = to_body(form, fields)?;
+    if let Some((k, v)) = extra {
+        body.insert(k.to_owned(), v);
+    }
+    parse(&body)
+}
+
 fn not_found(signed: &Signed, what: &str) -> Response {
     html(
         StatusCode::NOT_FOUND,
@@ -304,48 +365,27 @@ async fn login(State(ui): State<Ui>, Form(form): Form<Fields>) -> Response {
     )
 }
 
-async fn logout(State(ui): State<Ui>, headers: HeaderMap, Form(form): Form<Fields>) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn logout(State(ui): State<Ui>, Posted { s, .. }: Posted) -> Response {
     ui.sessions.close(&s.token);
     with_cookie(redirect("/ui/login?out=1"), &clear_cookie())
 }
 
-async fn index(State(ui): State<Ui>, headers: HeaderMap, Query(q): Query<Fields>) -> Response {
-    let s = match ui.gate(&headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn index(State(ui): State<Ui>, Page(s): Page, Query(q): Query<Fields>) -> Response {
     let rows = pages::endpoint_rows(&snapshots(&ui.control), &ui.history);
     html(StatusCode::OK, pages::endpoints_page(&s, &rows, flash(&q)))
 }
 
-/// A live refresh without a session is a 401 (the script then goes to the sign-in page).
-fn live_gate(ui: &Ui, headers: &HeaderMap) -> Result<Signed, Box<Response>> {
-    ui.gate(headers)
-        .map_err(|_| Box::new((StatusCode::UNAUTHORIZED, "sign in again").into_response()))
-}
-
-async fn live_endpoints(State(ui): State<Ui>, headers: HeaderMap) -> Response {
-    if let Err(r) = live_gate(&ui, &headers) {
-        return *r;
-    }
+async fn live_endpoints(State(ui): State<Ui>, _: Live) -> Response {
     let rows = pages::endpoint_rows(&snapshots(&ui.control), &ui.history);
     live(vec![("ep-rows", rows)])
 }
 
 async fn endpoint_page(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+    Page(s): Page,
     Path(id): Path<String>,
     Query(q): Query<Fields>,
 ) -> Response {
-    let s = match ui.gate(&headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(id) = parse_id(&id) else {
         return not_found(&s, "No such endpoint.");
     };
@@ -358,26 +398,14 @@ async fn endpoint_page(
     }
 }
 
-async fn live_endpoint(
-    State(ui): State<Ui>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let s = match live_gate(&ui, &headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn live_endpoint(State(ui): State<Ui>, Live(s): Live, Path(id): Path<String>) -> Response {
     match parse_id(&id).map(|id| ui.sections(id, &s)) {
         Some(Ok((_, sections))) => live(sections),
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
-async fn new_endpoint(State(ui): State<Ui>, headers: HeaderMap) -> Response {
-    let s = match ui.gate(&headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn new_endpoint(Page(s): Page) -> Response {
     let values = HashMap::new();
     html(
         StatusCode::OK,
@@ -385,20 +413,9 @@ async fn new_endpoint(State(ui): State<Ui>, headers: HeaderMap) -> Response {
     )
 }
 
-async fn create_endpoint(
-    State(ui): State<Ui>,
-    headers: HeaderMap,
-    Form(form): Form<Fields>,
-) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
-    let result = match to_body(&form, ENDPOINT_FIELDS) {
-        Ok(body) => match endpoint_patch(&body) {
-            Ok(patch) => ui.control.create_endpoint(&patch).await,
-            Err(e) => Err(e),
-        },
+async fn create_endpoint(State(ui): State<Ui>, Posted { s, form }: Posted) -> Response {
+    let result = match read(&form, ENDPOINT_FIELDS, None, endpoint_patch) {
+        Ok(patch) => ui.control.create_endpoint(&patch).await,
         Err(e) => Err(e),
     };
     match result {
@@ -409,15 +426,7 @@ async fn create_endpoint(
     }
 }
 
-async fn edit_endpoint(
-    State(ui): State<Ui>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let s = match ui.gate(&headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn edit_endpoint(State(ui): State<Ui>, Page(s): Page, Path(id): Path<String>) -> Response {
     match parse_id(&id).map(|id| ui.control.endpoint(id)) {
         Some(Ok(ep)) => html(
             StatusCode::OK,
@@ -435,22 +444,15 @@ async fn edit_endpoint(
 
 async fn update_endpoint(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+
     Path(id): Path<String>,
-    Form(form): Form<Fields>,
+    Posted { s, form }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(id) = parse_id(&id) else {
         return not_found(&s, "No such endpoint.");
     };
-    let result = match to_body(&form, ENDPOINT_FIELDS) {
-        Ok(body) => match endpoint_patch(&body) {
-            Ok(patch) => ui.control.update_endpoint(id, &patch).await,
-            Err(e) => Err(e),
-        },
+    let result = match read(&form, ENDPOINT_FIELDS, None, endpoint_patch) {
+        Ok(patch) => ui.control.update_endpoint(id, &patch).await,
         Err(e) => Err(e),
     };
     match result {
@@ -463,14 +465,10 @@ async fn update_endpoint(
 
 async fn delete_endpoint(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+
     Path(id): Path<String>,
-    Form(form): Form<Fields>,
+    Posted { s, .. }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(id) = parse_id(&id) else {
         return not_found(&s, "No such endpoint.");
     };
@@ -481,11 +479,7 @@ async fn delete_endpoint(
     }
 }
 
-async fn new_group(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match ui.gate(&headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn new_group(State(ui): State<Ui>, Page(s): Page, Path(id): Path<String>) -> Response {
     match parse_id(&id).map(|id| ui.control.endpoint(id)) {
         Some(Ok(ep)) => html(
             StatusCode::OK,
@@ -503,25 +497,16 @@ async fn new_group(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<Stri
 
 async fn create_group(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+
     Path(id): Path<String>,
-    Form(form): Form<Fields>,
+    Posted { s, form }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(ep) = parse_id(&id) else {
         return not_found(&s, "No such endpoint.");
     };
-    let result = match to_body(&form, GROUP_FIELDS) {
-        Ok(mut body) => {
-            body.insert("endpoint_id".into(), Value::from(ep));
-            match workergroup_patch(&body) {
-                Ok(patch) => ui.control.create_workergroup(&patch).await,
-                Err(e) => Err(e),
-            }
-        }
+    let extra = Some(("endpoint_id", Value::from(ep)));
+    let result = match read(&form, GROUP_FIELDS, extra, workergroup_patch) {
+        Ok(patch) => ui.control.create_workergroup(&patch).await,
         Err(e) => Err(e),
     };
     match result {
@@ -535,11 +520,7 @@ async fn create_group(
     }
 }
 
-async fn edit_group(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let s = match ui.gate(&headers) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
+async fn edit_group(State(ui): State<Ui>, Page(s): Page, Path(id): Path<String>) -> Response {
     match parse_id(&id).map(|id| ui.control.workergroup(id)) {
         Some(Ok(g)) => html(
             StatusCode::OK,
@@ -557,22 +538,15 @@ async fn edit_group(State(ui): State<Ui>, headers: HeaderMap, Path(id): Path<Str
 
 async fn update_group(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+
     Path(id): Path<String>,
-    Form(form): Form<Fields>,
+    Posted { s, form }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(Ok(g)) = parse_id(&id).map(|id| ui.control.workergroup(id)) else {
         return not_found(&s, "No such workergroup.");
     };
-    let result = match to_body(&form, GROUP_FIELDS) {
-        Ok(body) => match workergroup_patch(&body) {
-            Ok(patch) => ui.control.update_workergroup(g.id, &patch).await,
-            Err(e) => Err(e),
-        },
+    let result = match read(&form, GROUP_FIELDS, None, workergroup_patch) {
+        Ok(patch) => ui.control.update_workergroup(g.id, &patch).await,
         Err(e) => Err(e),
     };
     match result {
@@ -602,14 +576,10 @@ fn group_page(ui: &Ui, group: i64) -> String {
 
 async fn delete_group(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+
     Path(id): Path<String>,
-    Form(form): Form<Fields>,
+    Posted { s, .. }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(id) = parse_id(&id) else {
         return not_found(&s, "No such workergroup.");
     };
@@ -622,14 +592,10 @@ async fn delete_group(
 
 async fn rolling_update(
     State(ui): State<Ui>,
-    headers: HeaderMap,
+
     Path(id): Path<String>,
-    Form(form): Form<Fields>,
+    Posted { s, .. }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(id) = parse_id(&id) else {
         return not_found(&s, "No such workergroup.");
     };
@@ -645,14 +611,9 @@ async fn rolling_update(
 
 async fn worker_action(
     State(ui): State<Ui>,
-    headers: HeaderMap,
     Path((id, action)): Path<(String, String)>,
-    Form(form): Form<Fields>,
+    Posted { s, .. }: Posted,
 ) -> Response {
-    let s = match ui.gate_form(&headers, &form) {
-        Ok(s) => s,
-        Err(r) => return *r,
-    };
     let Some(info) = parse_id(&id).and_then(|id| ui.control.worker_info(id)) else {
         return not_found(&s, "No such worker.");
     };
