@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ferry_protocol::{SigningKey, WorkerStatus};
@@ -15,38 +15,9 @@ use crate::Provider;
 use super::*;
 use crate::autoscale::Action;
 use crate::endpoint::{EndpointPatch, EndpointRef, WorkergroupPatch};
+use crate::provider::recorder::Recorder;
 use crate::provider::{EventSink, LaunchSpec, ProviderError};
 use crate::store::memory::MemoryStore;
-
-#[derive(Default)]
-struct Recorder {
-    launched: Mutex<Vec<LaunchSpec>>,
-    stopped: Mutex<Vec<i64>>,
-}
-
-impl Provider for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn subscribe(&self, _: EventSink) {}
-    fn launch(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<(), ProviderError>> {
-        self.launched.lock().unwrap().push(spec);
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, id: i64) -> BoxFuture<'_, Result<(), ProviderError>> {
-        self.stopped.lock().unwrap().push(id);
-        Box::pin(async { Ok(()) })
-    }
-    fn resume(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<(), ProviderError>> {
-        self.launch(spec)
-    }
-    fn destroy(&self, _: i64) -> BoxFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn shutdown(&self) -> BoxFuture<'_, Vec<i64>> {
-        Box::pin(async { Vec::new() })
-    }
-}
 
 fn key_pem() -> String {
     static K: OnceLock<String> = OnceLock::new();

@@ -21,6 +21,8 @@
 
 pub mod external;
 pub mod local;
+#[cfg(test)]
+pub(crate) mod recorder;
 pub mod vast;
 
 use std::collections::BTreeMap;

@@ -4,50 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use futures_util::future::BoxFuture;
 use tower_service::Service as _;
 
 use crate::endpoint::{EndpointPatch, EndpointRef, WorkergroupPatch};
-use crate::provider::{EventSink, LaunchSpec, ProviderError, ProviderEvent};
+use crate::provider::recorder::Recorder;
+use crate::provider::ProviderEvent;
 use crate::registry::WorkerState;
 use crate::store::memory::MemoryStore;
 use crate::store::Loaded;
-use crate::{build_app, Control, Provider, Settings};
-
-#[derive(Default)]
-struct Recorder {
-    launched: Mutex<Vec<LaunchSpec>>,
-    stopped: Mutex<Vec<i64>>,
-}
-
-impl Provider for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-    fn subscribe(&self, _: EventSink) {}
-    fn launch(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<(), ProviderError>> {
-        self.launched.lock().unwrap().push(spec);
-        Box::pin(async { Ok(()) })
-    }
-    fn stop(&self, id: i64) -> BoxFuture<'_, Result<(), ProviderError>> {
-        self.stopped.lock().unwrap().push(id);
-        Box::pin(async { Ok(()) })
-    }
-    fn resume(&self, spec: LaunchSpec) -> BoxFuture<'_, Result<(), ProviderError>> {
-        self.launch(spec)
-    }
-    fn destroy(&self, _: i64) -> BoxFuture<'_, Result<(), ProviderError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn shutdown(&self) -> BoxFuture<'_, Vec<i64>> {
-        Box::pin(async { Vec::new() })
-    }
-}
+use crate::{build_app, Control, Settings};
 
 const KEY: &str = "acct-key";
 
