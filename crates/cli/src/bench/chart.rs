@@ -4,6 +4,9 @@
 
 use std::fmt::Write as _;
 
+use ferry_control::ui::charts::nice_ceil;
+use ferry_control::ui::pages::esc;
+
 use super::load::Point;
 use super::report::Report;
 
@@ -169,17 +172,6 @@ fn subtitle(r: &Report) -> String {
     s
 }
 
-/// The next "nice" number (1, 2, 5 × 10^k) at or above `v`.
-fn nice_ceil(v: f64) -> f64 {
-    let mag = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
-        if v <= m * mag {
-            return m * mag;
-        }
-    }
-    10.0 * mag
-}
-
 fn fmt_num(v: f64) -> String {
     if v == 0.0 || v >= 10.0 {
         format!("{v:.0}")
@@ -188,13 +180,6 @@ fn fmt_num(v: f64) -> String {
     } else {
         format!("{v:.3}")
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -207,5 +192,6 @@ mod tests {
         assert_eq!(nice_ceil(0.7), 1.0);
         assert_eq!(nice_ceil(120.0), 200.0);
         assert_eq!(esc("a<b&\"c\""), "a&lt;b&amp;&quot;c&quot;");
+        assert_eq!(fmt_num(0.25), "0.250");
     }
 }

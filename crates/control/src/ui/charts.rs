@@ -142,8 +142,8 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
-/// The next "round" number at or above `v` (1, 2, 5 × 10^k).
-fn nice_ceil(v: f64) -> f64 {
+/// The next "round" number at or above `v` (1, 2, 5 × 10^k): an axis's top or step.
+pub fn nice_ceil(v: f64) -> f64 {
     let p = 10f64.powf(v.log10().floor());
     for m in [1.0, 2.0, 5.0, 10.0] {
         if m * p >= v {
