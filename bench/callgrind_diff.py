@@ -6,7 +6,9 @@ case at two batch sizes (bench/instructions.py --keep DIR leaves `callgrind.CASE
 Each function's inclusive (or, with --self, exclusive) Ir, from `callgrind_annotate`, as
 (Ir(hi) - Ir(lo)) / (n_hi - n_lo), the batch sizes taken from the file names; start-up and
 shut-down cancel out as in bench/callgrind.py. Inclusive figures overlap (a caller includes its
-callees), so they do not add up to the total.
+callees), so they do not add up to the total. With fat LTO callgrind_annotate lists a function
+once per source file inlined into it: exclusive counts are summed over those, inclusive ones
+take the largest (the inclusive cost of the function itself).
 """
 import argparse
 import re
@@ -14,13 +16,18 @@ import subprocess
 
 
 def per_function(path, inclusive):
-    ann = subprocess.run(["callgrind_annotate", f"--inclusive={'yes' if inclusive else 'no'}",
+    ann = subprocess.run(["callgrind_annotate", "--auto=no", f"--inclusive={'yes' if inclusive else 'no'}",
                           "--threshold=100", path], capture_output=True, text=True, check=True).stdout
     out = {}
     for line in ann.splitlines():
         m = re.match(r"^\s*([\d,]+) \([ \d.]+%\)\s+(\S.*)$", line)
-        if m:
-            name = re.sub(r"\s*\[[^\]]*\]\s*$", "", m.group(2))
+        if not m or m.group(2).startswith(("=>", "<")):
+            continue  # call-tree lines
+        # "file:function": code inlined from several files counts once, under its function.
+        name = re.sub(r"\s*\[[^\]]*\]\s*$", "", m.group(2)).split(":", 1)[-1]
+        if inclusive:
+            out[name] = max(out.get(name, 0), int(m.group(1).replace(",", "")))
+        else:
             out[name] = out.get(name, 0) + int(m.group(1).replace(",", ""))
     return out
 
