@@ -3,7 +3,8 @@ the same model server: callgrind counts (see bench/callgrind.py for the method),
 repeat for the same binaries whatever else the machine does.
 
     python3 bench/instructions.py --worker target/release/ferry-worker --ferry target/release/ferry \
-        [--python PY_WITH_PYCRYPTODOME_AND_AIOHTTP] [--rounds 3] [--cases a,b,...] [--keep DIR]
+        [--python PY_WITH_PYCRYPTODOME_AND_AIOHTTP] [--rounds 3] [--cases a,b,...] [--keep DIR] \
+        [--floor target/release/floor_proxy [--floor-threads 1]]
 
 Cases (warm; one keep-alive connection; the worker with BACKEND=openai in front of
 `ferry sim-model`, answers of 4 tokens unless said):
@@ -17,10 +18,17 @@ Cases (warm; one keep-alive connection; the worker with BACKEND=openai in front 
     nginx-*    the same through nginx 1 worker process, master off, `proxy_pass` to the sim over a
                keep-alive upstream, unbuffered both ways, no access log (a plain reverse proxy);
                nginx-refused answers 401 from a `return` (no upstream)
+    floor, floor-sse
+               the same through `--floor BIN` (bench/floor: the smallest
+               hyper 1.x reverse proxy, hyper-util's pooled client upstream), the nginx payloads
+    floor-conn, floor-conn-sse
+               the same with its bare `hyper::client::conn::http1` connection list upstream
+               (the floor cases run by default when `--floor` is given)
 
 The stream cases use a 1 ms token delay so that each SSE event reaches the proxy as its own read
 (at zero delay how many events share one read depends on timing). `--keep DIR` leaves the last
-callgrind output of each case in DIR for `callgrind_annotate`.
+callgrind outputs of each case in DIR (`callgrind.CASE.N`, N requests) for `callgrind_annotate`
+or bench/callgrind_diff.py (per function, per request).
 """
 import argparse
 import http.client
@@ -99,9 +107,9 @@ class Bench:
         return subprocess.run([self.a.python, "-c", code, url], check=True, capture_output=True,
                               text=True).stdout.strip()
 
-    def out(self, case):
+    def out(self, case, n):
         d = self.keep or self.tmp
-        return str(d / f"callgrind.{case}")
+        return str(d / f"callgrind.{case}.{n}")
 
     # --- the worker ---------------------------------------------------------------------------
 
@@ -133,7 +141,7 @@ class Bench:
 
         req = poster("/v1/completions", lambda i: envelope(i, url, sig, tokens, stream), status)
         cmd = [self.a.worker, "--assume-loaded-perf", "1000000"]
-        return cg.count(cmd, env, port, n, req, self.out(case), ready=ready)
+        return cg.count(cmd, env, port, n, req, self.out(case, n), ready=ready)
 
     # --- nginx ----------------------------------------------------------------------------------
 
@@ -181,7 +189,21 @@ http {{
         import signal
         # QUIT: graceful exit, so callgrind writes its counts.
         return cg.count([nginx, "-p", str(d), "-e", f"{d}/error.log", "-c", f"{d}/nginx.conf"],
-                        dict(os.environ), port, n, req, self.out(case), stop=signal.SIGQUIT)
+                        dict(os.environ), port, n, req, self.out(case, n), stop=signal.SIGQUIT)
+
+    # --- the hyper floor ---------------------------------------------------------------------
+
+    def floor(self, case, n, sim, tokens, stream, status=200, mode="pooled"):
+        port = cg.free_port()
+        # The worker's environment (its malloc setting above all); the proxy reads only its flags.
+        env = cg.worker_env(port, self.sim[sim])
+        cmd = [self.a.floor, "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{self.sim[sim]}",
+               "--mode", mode, "--threads", str(self.a.floor_threads)]
+        req = poster("/v1/completions", lambda i: json.dumps(payload(tokens, stream)), status)
+        return cg.count(cmd, env, port, n, req, self.out(case, n))
+
+    def floor_conn(self, *args, **kw):
+        return self.floor(*args, mode="conn", **kw)
 
     # --- cases ----------------------------------------------------------------------------------
 
@@ -189,7 +211,9 @@ http {{
         """Ir per request (and, for streams, per event) of one case."""
         stream = name.endswith("sse")
         lo, hi = N["sse" if stream else "json"]
-        target = self.nginx if name.startswith("nginx") else self.worker
+        target = (self.nginx if name.startswith("nginx") else self.floor_conn
+                  if name.startswith("floor-conn") else self.floor if name.startswith("floor")
+                  else self.worker)
 
         def one(tokens, n, label):
             sim = "stream" if stream else "fast"
@@ -211,6 +235,7 @@ http {{
 
 
 ALL = ["unsigned", "signed", "refused", "sse", "nginx", "nginx-refused", "nginx-sse"]
+FLOOR = ["floor", "floor-sse", "floor-conn", "floor-conn-sse"]
 
 
 def main():
@@ -219,14 +244,21 @@ def main():
     ap.add_argument("--ferry", required=True, help="a `ferry` binary, for `ferry sim-model`")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--cases", default=",".join(ALL))
+    ap.add_argument("--cases", help=f"default: {','.join(ALL)} (and {','.join(FLOOR)} with --floor)")
+    ap.add_argument("--floor", help="the hyper floor proxy (bench/floor)")
+    ap.add_argument("--floor-threads", type=int, default=1,
+                    help="its runtime threads, as the worker's FERRY_WORKER_THREADS (default 1)")
     ap.add_argument("--keep", help="folder for the callgrind outputs (callgrind_annotate)")
     ap.add_argument("--json-out")
     a = ap.parse_args()
     a.worker, a.ferry = str(Path(a.worker).resolve()), str(Path(a.ferry).resolve())
+    if a.floor:
+        a.floor = str(Path(a.floor).resolve())
+    cases = (a.cases or ",".join(ALL + (FLOOR if a.floor else []))).split(",")
+    if any(c.startswith("floor") for c in cases) and not a.floor:
+        ap.error("the floor cases need --floor BIN")
     if a.keep:
         Path(a.keep).mkdir(parents=True, exist_ok=True)
-    cases = a.cases.split(",")
     with tempfile.TemporaryDirectory(prefix="ferry-cg-") as tmp:
         b = Bench(a, tmp)
         try:
@@ -245,12 +277,19 @@ def main():
     for c in cases:
         m = med[c]
         ref = None if c.startswith("nginx") else med.get(
-            "nginx-refused" if c == "refused" else "nginx-sse" if c == "sse" else "nginx")
+            "nginx-refused" if c == "refused" else "nginx-sse" if c.endswith("sse") else "nginx")
         ratio = f"{m['per_request'] / ref['per_request']:.2f}x" if ref else ""
         if ref and "per_event" in m:
             ratio += f" (event {m['per_event'] / ref['per_event']:.2f}x)"
         ev = f"{m['per_event']:>12,.0f}" if "per_event" in m else " " * 12
         print(f"{c:<14} {m['per_request']:>12,.0f}   {ev}   {ratio}")
+    for c in cases:
+        worker = med.get("sse" if c.endswith("sse") else "unsigned")
+        if c.startswith("floor") and worker:
+            share = f"{med[c]['per_request'] / worker['per_request']:.0%} of the worker's request"
+            if "per_event" in med[c]:
+                share += f", {med[c]['per_event'] / worker['per_event']:.0%} of its SSE event"
+            print(f"{c}: {share}")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(med, indent=1))
 

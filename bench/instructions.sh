@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per request, worker vs nginx, counted by callgrind (see bench/instructions.py).
+# Instructions per request, worker vs nginx and vs the hyper floor (bench/floor), counted by
+# callgrind (see bench/instructions.py).
 #
 #   bench/instructions.sh [--rounds 3] [--cases unsigned,signed,...] [--keep DIR]
 #
@@ -16,5 +17,7 @@ peers_env="${HOME}/.cache/ferry/peers.env"
 # shellcheck disable=SC1090
 . "$peers_env"
 cargo build --release -p ferry -p ferry-worker --quiet
+# Its own invocation, so that no feature of it reaches the worker's build or the other way.
+cargo build --release -p ferry-floor --quiet
 exec python3 bench/instructions.py --worker target/release/ferry-worker --ferry target/release/ferry \
-    --python "$FERRY_PY" "$@"
+    --floor target/release/floor_proxy --python "$FERRY_PY" "$@"
