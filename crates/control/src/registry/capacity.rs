@@ -2,7 +2,7 @@
 //!
 //! The start-up benchmark (`max_perf`) is measured once and never corrected; a worker whose
 //! model server runs slower (or faster) under real traffic than under the benchmark's
-//! payloads keeps being routed and scaled for the benchmark. Each report says how much
+//! payloads keeps being scaled for the benchmark. Each report says how much
 //! workload the worker finished since the previous one (`cur_perf`, a sum) and how much it
 //! holds (`cur_load`). An interval counts as a measurement only when the worker was under
 //! load throughout: at the interval's start it held at least five seconds of work at its
@@ -13,6 +13,11 @@
 //!
 //! Request size is not modelled separately: the measurement is the workload rate over
 //! whatever mix the worker was serving.
+//!
+//! The autoscaler uses the estimate; routing does not. Work counts in `cur_perf` when a
+//! request ends, so with requests much longer than a report interval each measurement is
+//! nothing or a whole request, and identical workers' estimates differ by several times;
+//! ordering workers by them lengthened the queue (docs/simulate.md, "Online capacity model").
 
 /// Measurements before the learned value replaces the benchmark.
 pub const MIN_SAMPLES: u32 = 3;

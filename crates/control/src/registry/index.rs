@@ -47,7 +47,8 @@ fn key(w: &WorkerRec) -> Option<i64> {
         && w.max_perf > 0.0
         && !w.url.is_empty()
         && w.last_report.is_some();
-    indexed.then(|| queue_ticks(w.load() / w.perf()))
+    // The benchmark, not the learned throughput: see `WorkerRec::perf`.
+    indexed.then(|| queue_ticks(w.load() / w.max_perf))
 }
 
 /// Consecutive draws that may hit excluded workers before a bucket is searched in full.

@@ -334,7 +334,7 @@ impl Registry {
             .map(|w| Candidate {
                 id: w.id,
                 routable: w.routable(mono, stale_after),
-                max_perf: w.perf(),
+                max_perf: w.max_perf(),
                 load: w.load(),
             })
             .collect()

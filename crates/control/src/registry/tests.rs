@@ -244,6 +244,40 @@ mod routing_index {
     }
 
     #[test]
+    fn a_route_orders_by_the_benchmark_not_by_a_learned_throughput() {
+        let s = MemoryStore::default();
+        let mut r = Registry::restore(&s.loaded(), false);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let a = r.create(origin(1), "ta".into(), 0.0, 0.0, &s);
+        let b = r.create(origin(1), "tb".into(), 0.0, 0.0, &s);
+        // a reports saturated (100 held, 10 benchmark-seconds) while it finishes 2 units a
+        // second: it learns 2/s. b, identical, has not been measured: 10/s, its benchmark.
+        for t in 1..=5 {
+            let mut st = ready(a, 100.0, 10.0, 1, &[]);
+            st.mtoken = "ta".into();
+            st.cur_perf = 2.0;
+            r.report(&st, f64::from(t), f64::from(t), &s).unwrap();
+        }
+        let mut st = ready(a, 10.0, 10.0, 1, &[]);
+        st.mtoken = "ta".into();
+        st.cur_perf = 2.0;
+        r.report(&st, 6.0, 6.0, &s).unwrap();
+        let mut st = ready(b, 20.0, 10.0, 2, &[]);
+        st.mtoken = "tb".into();
+        r.report(&st, 6.0, 6.0, &s).unwrap();
+        // The autoscaler's view has the learned value...
+        assert_eq!(r.get(a).unwrap().perf(), 2.0);
+        assert_eq!(r.get(b).unwrap().perf(), 10.0);
+        // ...the route does not: a holds less work (1 s at its benchmark against b's 2 s),
+        // so a it is, where the learned values (5 s against 2 s) would pick b.
+        for _ in 0..20 {
+            assert_eq!(r.choose(1, &[], 30.0, (6.0, STALE), &mut rng), Some(a));
+        }
+        assert_eq!(expected(&r, 1, &[], 30.0, 6.0), vec![a]);
+        check(&r, 6.0);
+    }
+
+    #[test]
     fn ties_spread_even_at_cost_zero() {
         let s = MemoryStore::default();
         let mut r = Registry::restore(&s.loaded(), false);

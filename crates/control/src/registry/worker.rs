@@ -273,7 +273,12 @@ impl WorkerRec {
         self.max_perf
     }
     /// What it serves, workload units per second: the throughput learned from its reports
-    /// once known ([`Capacity`]), else its benchmark. Routing and scaling use this.
+    /// once known ([`Capacity`]), else its benchmark. The autoscaler sizes the fleet with
+    /// this; routing does not (it orders workers by load over [`max_perf`](Self::max_perf)).
+    /// Each worker learns alone, from report intervals far shorter than its requests, so
+    /// identical workers carry estimates that differ by several times, and routing by them
+    /// sends the work of a worker that reads slow to one that reads fast (docs/simulate.md,
+    /// "Online capacity model").
     pub fn perf(&self) -> f64 {
         self.capacity.perf(self.max_perf)
     }
