@@ -444,7 +444,6 @@ async fn edit_endpoint(State(ui): State<Ui>, Page(s): Page, Path(id): Path<Strin
 
 async fn update_endpoint(
     State(ui): State<Ui>,
-
     Path(id): Path<String>,
     Posted { s, form }: Posted,
 ) -> Response {
@@ -465,7 +464,6 @@ async fn update_endpoint(
 
 async fn delete_endpoint(
     State(ui): State<Ui>,
-
     Path(id): Path<String>,
     Posted { s, .. }: Posted,
 ) -> Response {
@@ -497,7 +495,6 @@ async fn new_group(State(ui): State<Ui>, Page(s): Page, Path(id): Path<String>) 
 
 async fn create_group(
     State(ui): State<Ui>,
-
     Path(id): Path<String>,
     Posted { s, form }: Posted,
 ) -> Response {
@@ -538,7 +535,6 @@ async fn edit_group(State(ui): State<Ui>, Page(s): Page, Path(id): Path<String>)
 
 async fn update_group(
     State(ui): State<Ui>,
-
     Path(id): Path<String>,
     Posted { s, form }: Posted,
 ) -> Response {
@@ -576,7 +572,6 @@ fn group_page(ui: &Ui, group: i64) -> String {
 
 async fn delete_group(
     State(ui): State<Ui>,
-
     Path(id): Path<String>,
     Posted { s, .. }: Posted,
 ) -> Response {
@@ -592,7 +587,6 @@ async fn delete_group(
 
 async fn rolling_update(
     State(ui): State<Ui>,
-
     Path(id): Path<String>,
     Posted { s, .. }: Posted,
 ) -> Response {
