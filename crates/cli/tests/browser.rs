@@ -5,7 +5,7 @@
 //! Signs in (after a wrong key), watches the demo endpoint's workers go from loading to idle
 //! while the load runs, sees a forged CSRF token refused, creates an endpoint through the form
 //! (after a validation error shown next to its field), deletes it, signs out; then, against a
-//! control plane whose sessions last 3 s, signs in with the keyboard alone and sees the open
+//! control plane whose sessions last 8 s, signs in with the keyboard alone and sees the open
 //! page sent to sign in again when the session expires. Screenshots of
 //! the main pages go to `$FERRY_UI_SCREENSHOTS` (default `target/ui-screenshots`).
 //!
@@ -458,7 +458,8 @@ async fn console_in_a_real_browser() {
     b.goto(&console).await;
     assert!(b.url().await.ends_with("/ui/login"));
 
-    // An expired session: a control plane whose sessions last 3 s. The open page's next
+    // An expired session: a control plane whose sessions last 8 s (long enough to sign in on a
+    // busy machine before it ends). The open page's next
     // live refresh after that is refused, and the page goes to the sign-in page, saying why.
     drop(demo);
     let port = free_port();
@@ -474,7 +475,7 @@ async fn console_in_a_real_browser() {
             ])
             .arg("--state-dir")
             .arg(&dir)
-            .args(["--ui-session-ttl-s", "3"])
+            .args(["--ui-session-ttl-s", "8"])
             .env("FERRY_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -489,6 +490,14 @@ async fn console_in_a_real_browser() {
     // With the keyboard only: the key field has the focus; type, Enter; then Tab reaches the
     // skip link first.
     b.goto(&short_url).await;
+    // Chromium applies `autofocus` on a rendering step that may come after the navigation
+    // returns: keys sent before it land on the body.
+    b.eventually("the key field has the focus", || async {
+        b.script("return document.activeElement.id", json!([]))
+            .await
+            == "api_key"
+    })
+    .await;
     b.keys("short-key\u{E007}").await;
     b.eventually("signed in", || async { b.exists("#ep-rows").await })
         .await;
